@@ -1,0 +1,199 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flingerlab/flinger/broker"
+	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/events"
+	"github.com/flingerlab/flinger/lab"
+	"github.com/flingerlab/flinger/orchestrator"
+	"github.com/flingerlab/flinger/workers"
+)
+
+// workerFlags are the worker's tuning flags, shared by `worker` and `lab`.
+type workerFlags struct {
+	runDir    string
+	lease     time.Duration
+	heartbeat time.Duration
+	drain     time.Duration
+	keep      bool
+}
+
+func (w *workerFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&w.runDir, "run-dir", "", "where job run directories go (default: the host file's run_dir, else a temp dir)")
+	f.DurationVar(&w.lease, "lease", workers.DefaultLease, "how long a job stays with a device that stops renewing it (set when a queue is first served)")
+	f.DurationVar(&w.heartbeat, "heartbeat", workers.DefaultHeartbeat, "how often device status is refreshed")
+	f.DurationVar(&w.drain, "drain", workers.DefaultDrainTimeout, "on SIGTERM, how long a running phase may take to finish before its job is handed back")
+	f.BoolVar(&w.keep, "keep-run-dirs", false, "keep job run directories after jobs end")
+}
+
+func (w *workerFlags) config() workers.Config {
+	return workers.Config{RunDir: w.runDir, Lease: w.lease, Heartbeat: w.heartbeat, DrainTimeout: w.drain, KeepRunDirs: w.keep}
+}
+
+func defaultDataDir() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	return filepath.Join(dir, "flinger")
+}
+
+func newLabCmd(g *globals) *cobra.Command {
+	var (
+		dataDir, listen, labFile, examples string
+		demo                               bool
+		wf                                 workerFlags
+		store                              events.StoreOptions
+	)
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Run a whole lab in one process: embedded NATS, orchestrator, and a worker for the lab file",
+		Long: `Run a whole lab in one process: an embedded NATS server with JetStream
+(listening on --listen so that other flinger commands and the nats CLI can
+connect), the orchestrator, and a worker for the devices of the lab file.
+With --nats given explicitly, use that server instead of an embedded one.
+
+With --demo, also submit the example jobs, show their progress live, print
+a table of their outcomes and exit 0 only if each reached the outcome it
+expects. Without --data, the demo uses a fresh temporary store.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			host, err := drivers.LoadHost(labFile)
+			if err != nil {
+				return err
+			}
+			opts := lab.Options{Host: host, Worker: wf.config(), Store: store, Log: slog.Default()}
+			if cmd.Flags().Changed("nats") {
+				opts.NATS = g.nats
+			} else {
+				opts.NATS = g.nats
+				opts.NATS.URL = ""
+				if demo && !cmd.Flags().Changed("data") {
+					tmp, err := os.MkdirTemp("", "flinger-demo-")
+					if err != nil {
+						return err
+					}
+					defer os.RemoveAll(tmp)
+					dataDir = tmp
+				}
+				opts.Server = broker.ServerOptions{DataDir: dataDir, Listen: listen}
+			}
+			l, err := lab.Start(ctx, opts)
+			if err != nil {
+				return err
+			}
+			defer l.Stop()
+			if l.Server != nil {
+				slog.Info("lab running", "nats", l.URL, "data", dataDir, "devices", len(host.Devices))
+			} else {
+				slog.Info("lab running", "nats", l.URL, "devices", len(host.Devices))
+			}
+			if demo {
+				return runDemo(ctx, cmd.OutOrStdout(), l, examples)
+			}
+			<-ctx.Done()
+			slog.Info("lab stopping")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dataDir, "data", defaultDataDir(), "data directory of the embedded NATS server")
+	f.StringVar(&listen, "listen", "127.0.0.1:4222", "client address of the embedded NATS server")
+	f.StringVar(&labFile, "lab", "deploy/lab.yaml", "lab file: the devices to drive (host file format)")
+	f.BoolVar(&demo, "demo", false, "submit the example jobs, show them run, and check their outcomes")
+	f.StringVar(&examples, "examples", "deploy/examples/jobs", "with --demo: the example jobs and their expected.yaml")
+	f.DurationVar(&store.EventMaxAge, "event-max-age", events.DefaultMaxAge, "how long events are kept")
+	f.DurationVar(&store.LogMaxAge, "log-max-age", events.DefaultMaxAge, "how long output logs are kept")
+	f.Int32Var(&store.MaxJobBytes, "max-job-bytes", events.DefaultMaxJobBytes, "largest job accepted, in bytes")
+	wf.add(cmd)
+	return cmd
+}
+
+func newWorkerCmd(g *globals) *cobra.Command {
+	var hostFile string
+	var wf workerFlags
+	cmd := &cobra.Command{
+		Use:   "worker --host HOST.yaml",
+		Short: "Drive the devices of one lab host",
+		Long: `Drive every device of a host file: each idle device takes jobs from the
+queues it serves as soon as they arrive. SIGTERM stops taking jobs, lets a
+running phase finish (--drain) and hands unfinished jobs back to their queue.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			host, err := drivers.LoadHost(hostFile)
+			if err != nil {
+				return err
+			}
+			c, err := g.connect(cmd.Context(), "flinger-worker-"+host.Host)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			cfg := wf.config()
+			cfg.Client, cfg.Host = c, host
+			w, err := workers.New(cfg)
+			if err != nil {
+				return err
+			}
+			return w.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().StringVar(&hostFile, "host", "", "host file: this lab host's devices (required)")
+	_ = cmd.MarkFlagRequired("host")
+	wf.add(cmd)
+	return cmd
+}
+
+func newOrchestratorCmd(g *globals) *cobra.Command {
+	var store events.StoreOptions
+	var setup bool
+	cmd := &cobra.Command{
+		Use:   "orchestrator",
+		Short: "Run an orchestrator: intake and control (run two or more for availability)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			o := g.nats
+			o.Name = "flinger-orchestrator"
+			var c *broker.Client
+			var err error
+			if setup {
+				c, err = broker.SetupAndConnect(ctx, o, store)
+			} else {
+				c, err = broker.Connect(ctx, o)
+			}
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			orch, err := orchestrator.New(orchestrator.Config{Client: c, MaxJobBytes: int(store.Limits().MaxJobBytes)})
+			if err != nil {
+				return err
+			}
+			if err := orch.Start(ctx); err != nil {
+				return err
+			}
+			slog.Info("orchestrator running", "nats", c.NC.ConnectedUrlRedacted())
+			<-ctx.Done()
+			orch.Stop()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&setup, "setup", true, "create or update the streams and buckets at start")
+	f.IntVar(&store.Replicas, "replicas", 1, "replicas of every stream and bucket (3 on a cluster)")
+	f.DurationVar(&store.EventMaxAge, "event-max-age", events.DefaultMaxAge, "how long events are kept")
+	f.DurationVar(&store.LogMaxAge, "log-max-age", events.DefaultMaxAge, "how long output logs are kept")
+	f.Int32Var(&store.MaxJobBytes, "max-job-bytes", events.DefaultMaxJobBytes, "largest job accepted, in bytes")
+	return cmd
+}
+

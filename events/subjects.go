@@ -1,0 +1,169 @@
+package events
+
+import (
+	"encoding/base64"
+	"fmt"
+	"regexp"
+	"strings"
+	"unicode"
+)
+
+// DefaultPrefix starts every subject, stream and bucket name.
+const DefaultPrefix = "flinger"
+
+// Headers Flinger sets on its messages besides Content-Type.
+const (
+	// HeaderReplyTo on a submission names the inbox that gets the SubmitReply.
+	HeaderReplyTo = "Flinger-Reply-To"
+	// HeaderSubmitFormat on a submission says how the job is written: yaml, json or msgpack.
+	HeaderSubmitFormat = "Flinger-Format"
+	// HeaderMsgID is JetStream's de-duplication header.
+	HeaderMsgID = "Nats-Msg-Id"
+)
+
+var prefixRE = regexp.MustCompile(`^[a-z0-9_-]+$`)
+
+// Subjects builds every subject name under one prefix.
+type Subjects struct {
+	prefix string
+}
+
+// NewSubjects returns the subjects under prefix ("" for DefaultPrefix).
+func NewSubjects(prefix string) (Subjects, error) {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !prefixRE.MatchString(prefix) {
+		return Subjects{}, fmt.Errorf("subject prefix %q: use lower-case letters, digits, - and _ only", prefix)
+	}
+	return Subjects{prefix: prefix}, nil
+}
+
+// MustSubjects is NewSubjects that panics on a bad prefix; for constants and tests.
+func MustSubjects(prefix string) Subjects {
+	s, err := NewSubjects(prefix)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// Prefix returns the prefix.
+func (s Subjects) Prefix() string {
+	if s.prefix == "" {
+		return DefaultPrefix
+	}
+	return s.prefix
+}
+
+func (s Subjects) join(parts ...string) string {
+	return s.Prefix() + "." + strings.Join(parts, ".")
+}
+
+// Token makes a name (a queue, device or job id) safe to use as one subject
+// token. Names made of letters, digits, '-', '_', ':', '+', '@', '=' and '/'
+// are kept as they are; any other name is written as '~' and its
+// URL-safe base64, so that two names never share a token.
+func Token(name string) string {
+	if name != "" && !strings.HasPrefix(name, "~") && strings.IndexFunc(name, unsafeRune) < 0 {
+		return name
+	}
+	return "~" + base64.RawURLEncoding.EncodeToString([]byte(name))
+}
+
+func unsafeRune(r rune) bool {
+	switch {
+	case r < 128 && (unicode.IsLetter(r) || unicode.IsDigit(r)):
+		return false
+	case strings.ContainsRune("-_:+@=/", r):
+		return false
+	}
+	return true
+}
+
+// Submit is where raw jobs are submitted for intake.
+func (s Subjects) Submit() string { return s.join("submit") }
+
+// Queue is the subject a queue's jobs wait on.
+func (s Subjects) Queue(queue string) string { return s.join("queue", Token(queue)) }
+
+// Queues matches every queue subject.
+func (s Subjects) Queues() string { return s.join("queue", ">") }
+
+// JobEvent is the subject of event name about job id.
+func (s Subjects) JobEvent(jobID, name string) string {
+	return s.join("events", "job", Token(jobID), Token(name))
+}
+
+// JobEvents matches every event about job id.
+func (s Subjects) JobEvents(jobID string) string { return s.join("events", "job", Token(jobID), ">") }
+
+// DeviceEvent is the subject of an event of kind about device.
+func (s Subjects) DeviceEvent(device, kind string) string {
+	return s.join("events", "device", Token(device), Token(kind))
+}
+
+// DeviceEvents matches every event about device.
+func (s Subjects) DeviceEvents(device string) string {
+	return s.join("events", "device", Token(device), ">")
+}
+
+// Events matches every event.
+func (s Subjects) Events() string { return s.join("events", ">") }
+
+// Log is the subject of a job's phase output ("output") or serial log ("serial").
+func (s Subjects) Log(jobID string, phase Phase, stream string) string {
+	return s.join("logs", Token(jobID), string(phase), stream)
+}
+
+// Logs matches every log of job id.
+func (s Subjects) Logs(jobID string) string { return s.join("logs", Token(jobID), ">") }
+
+// AllLogs matches every log.
+func (s Subjects) AllLogs() string { return s.join("logs", ">") }
+
+// CancelSignal is where the orchestrator tells the worker running job id to stop it.
+func (s Subjects) CancelSignal(jobID string) string { return s.join("signal", "cancel", Token(jobID)) }
+
+// Ctl is the control service's request subject for verb, such as "cancel".
+func (s Subjects) Ctl(verb string) string { return s.join("ctl", verb) }
+
+// Names of the streams and buckets under the prefix.
+func (s Subjects) upper() string {
+	return strings.ToUpper(strings.ReplaceAll(s.Prefix(), "-", "_"))
+}
+
+// SubmitStream names the stream holding submissions.
+func (s Subjects) SubmitStream() string { return s.upper() + "_SUBMIT" }
+
+// QueueStream names the work-queue stream holding queued jobs.
+func (s Subjects) QueueStream() string { return s.upper() + "_QUEUES" }
+
+// EventStream names the stream holding events.
+func (s Subjects) EventStream() string { return s.upper() + "_EVENTS" }
+
+// LogStream names the stream holding output and serial logs.
+func (s Subjects) LogStream() string { return s.upper() + "_LOGS" }
+
+// JobBucket names the KV bucket of job records.
+func (s Subjects) JobBucket() string { return s.upper() + "_JOBS" }
+
+// DeviceBucket names the KV bucket of device status records.
+func (s Subjects) DeviceBucket() string { return s.upper() + "_DEVICES" }
+
+// QueueConsumer names the durable consumer shared by the devices serving queue.
+func (s Subjects) QueueConsumer(queue string) string {
+	// Consumer names may not contain '.', '*', '>', or whitespace; '~' and base64url are fine.
+	return "queue-" + strings.NewReplacer("/", "_2F", ":", "_3A", "+", "_2B", "@", "_40", "=", "_3D").Replace(Token(queue))
+}
+
+var keyRE = regexp.MustCompile(`^[-_=a-zA-Z0-9/]+$`)
+
+// Key makes a name safe to use as a KV key. Names of letters, digits and
+// "-_=/" are kept; any other is written as "_b64_" and its URL-safe base64.
+func Key(name string) string {
+	if keyRE.MatchString(name) && !strings.HasPrefix(name, "_b64_") {
+		return name
+	}
+	return "_b64_" + base64.RawURLEncoding.EncodeToString([]byte(name))
+}

@@ -1,0 +1,187 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flingerlab/flinger/events"
+)
+
+// intakeParallel is how many submissions one orchestrator handles at once.
+const intakeParallel = 8
+
+func (o *Orchestrator) intakeLoop(ctx context.Context, cons jetstream.Consumer) {
+	for ctx.Err() == nil {
+		it, err := cons.Messages(jetstream.PullMaxMessages(256))
+		if err != nil {
+			o.log.Error("intake: cannot pull submissions; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		go func() { <-ctx.Done(); it.Stop() }()
+		work := make(chan jetstream.Msg)
+		var wg sync.WaitGroup
+		for range intakeParallel {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for m := range work {
+					o.handleSubmission(ctx, m)
+				}
+			}()
+		}
+		for {
+			m, err := it.Next()
+			if err != nil {
+				if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					o.log.Error("intake: pulling submissions", "err", err)
+				}
+				break
+			}
+			work <- m
+		}
+		close(work)
+		wg.Wait()
+	}
+}
+
+// submissionFormat tells how a submission is written, from its headers and else its bytes.
+func submissionFormat(m jetstream.Msg) events.Format {
+	h := m.Headers()
+	switch strings.ToLower(h.Get(events.HeaderSubmitFormat)) {
+	case "yaml":
+		return events.FormatYAML
+	case "json":
+		return events.FormatJSON
+	case "msgpack":
+		return events.FormatMsgpack
+	}
+	ct := strings.ToLower(h.Get(events.HeaderContentType))
+	switch {
+	case strings.Contains(ct, "msgpack"):
+		return events.FormatMsgpack
+	case strings.Contains(ct, "json"):
+		return events.FormatJSON
+	case strings.Contains(ct, "yaml"):
+		return events.FormatYAML
+	}
+	return events.DetectFormat("", m.Data())
+}
+
+// handleSubmission validates one submission and, when it is good, records
+// the job and routes it to its queue. A rejection is answered and announced;
+// a transient failure leaves the submission to be delivered again.
+func (o *Orchestrator) handleSubmission(ctx context.Context, m jetstream.Msg) {
+	replyTo := m.Headers().Get(events.HeaderReplyTo)
+	job, err := events.ParseJob(m.Data(), submissionFormat(m), o.max)
+	if err != nil {
+		o.reject(ctx, m, replyTo, err)
+		return
+	}
+	if job.JobID == "" {
+		job.JobID = uuid.NewString()
+	}
+	rec := &events.JobRecord{Job: *job, State: events.JobWaiting, SubmittedAt: time.Now().UTC()}
+	if _, err := o.c.CreateJob(ctx, rec); err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			o.log.Error("intake: cannot record job; will retry", "job", job.JobID, "err", err)
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		existing, _, gerr := o.c.GetJob(ctx, job.JobID)
+		if gerr != nil {
+			o.log.Error("intake: cannot read existing job; will retry", "job", job.JobID, "err", gerr)
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		// The same submission delivered again after a crash between
+		// recording and routing: route it (the queue drops a second copy).
+		// Anything else reuses a job id: refuse it.
+		if existing.State != events.JobWaiting || !sameJob(&existing.Job, job) {
+			o.reply(replyTo, &events.SubmitReply{JobID: job.JobID, Queue: existing.Job.JobQueue, Duplicate: true,
+				Error: fmt.Sprintf("job_id %s is already taken by a job in state %s", job.JobID, existing.State)})
+			_ = m.Ack()
+			return
+		}
+		rec = existing
+	}
+	if err := o.route(ctx, &rec.Job); err != nil {
+		o.log.Error("intake: cannot queue job; will retry", "job", job.JobID, "err", err)
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	ev := events.NewEvent(events.EventJobSubmitted)
+	ev.JobID, ev.Queue, ev.Detail = job.JobID, job.JobQueue, "queued on "+job.JobQueue
+	if err := o.c.PublishEvent(ev); err != nil {
+		o.log.Warn("intake: event not published", "job", job.JobID, "err", err)
+	}
+	o.reply(replyTo, &events.SubmitReply{JobID: job.JobID, Queue: job.JobQueue})
+	_ = m.Ack()
+}
+
+func sameJob(a, b *events.Job) bool {
+	ea, err1 := events.Encode(a)
+	eb, err2 := events.Encode(b)
+	return err1 == nil && err2 == nil && string(ea) == string(eb)
+}
+
+// route publishes an accepted job to its queue, de-duplicated on its id.
+func (o *Orchestrator) route(ctx context.Context, job *events.Job) error {
+	msg, err := events.NewMsg(o.c.Subj.Queue(job.JobQueue), job)
+	if err != nil {
+		return err
+	}
+	msg.Header.Set(events.HeaderMsgID, job.JobID)
+	if _, err := o.c.JS.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("queue %s: %w", job.JobQueue, err)
+	}
+	return nil
+}
+
+func (o *Orchestrator) reject(ctx context.Context, m jetstream.Msg, replyTo string, err error) {
+	id := uuid.NewString()
+	reply := &events.SubmitReply{JobID: id, Error: err.Error()}
+	var verr *events.ValidationError
+	if errors.As(err, &verr) {
+		reply.Fields = verr.Fields
+	}
+	ev := events.NewEvent(events.EventJobRejected)
+	ev.JobID, ev.Detail = id, err.Error()
+	if len(reply.Fields) > 0 {
+		fields := make([]any, len(reply.Fields))
+		for i, f := range reply.Fields {
+			fields[i] = map[string]any{"field": f.Field, "message": f.Message}
+		}
+		ev.Data = map[string]any{"fields": fields}
+	}
+	if perr := o.c.PublishEventSync(ctx, ev); perr != nil {
+		o.log.Warn("intake: rejection event not published", "err", perr)
+	}
+	o.log.Info("intake: job rejected", "id", id, "reason", err)
+	o.reply(replyTo, reply)
+	_ = m.Ack()
+}
+
+func (o *Orchestrator) reply(subject string, r *events.SubmitReply) {
+	if subject == "" {
+		return
+	}
+	msg, err := events.NewMsg(subject, r)
+	if err != nil {
+		o.log.Error("intake: cannot encode reply", "err", err)
+		return
+	}
+	if err := o.c.NC.PublishMsg(msg); err != nil {
+		o.log.Warn("intake: reply not sent", "subject", subject, "err", err)
+	}
+}

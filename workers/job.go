@@ -1,0 +1,690 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flingerlab/flinger/broker"
+	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/events"
+)
+
+// Why a job or a phase stopped early.
+var (
+	errGlobalTimeout = errors.New("global timeout reached")
+	errOutputTimeout = errors.New("output timeout reached")
+	errLeaseLost     = errors.New("the job's lease passed to another device")
+	errShutdown      = errors.New("worker shutting down")
+	errStale         = errors.New("job already ended")
+)
+
+// cancelRequest is the cause of a job stopped by `flinger cancel`.
+type cancelRequest struct{ detail string }
+
+func (c *cancelRequest) Error() string { return c.detail }
+
+// Defaults Testflinger uses where neither job nor device sets a limit.
+const (
+	defaultGlobalTimeout = 4 * time.Hour
+	defaultOutputTimeout = 15 * time.Minute
+	// exitInternal is the status of a phase that could not be run at all (Testflinger's agent uses 100).
+	exitInternal = 100
+)
+
+// jobRun is one attempt at one job on one device.
+type jobRun struct {
+	d       *device
+	msg     jetstream.Msg
+	job     *events.Job
+	queue   string
+	attempt int
+	log     *slog.Logger
+
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	draining atomic.Bool
+
+	dir      string
+	env      []string
+	deadline time.Time
+	status   map[events.Phase]int
+	info     map[string]any
+}
+
+// runJob runs one job delivered from queue to this device, from claim to
+// acknowledgement, and returns the device to service afterwards.
+func (d *device) runJob(msg jetstream.Msg, queue string) {
+	defer func() {
+		if d.state() == events.StateIdle && !isClosed(d.w.draining) {
+			d.w.setIdle(d)
+		}
+	}()
+	var job events.Job
+	if err := events.Decode(msg.Data(), &job); err != nil || job.JobID == "" || job.JobQueue == "" {
+		d.log.Error("dropping a queued message that is not a job", "queue", queue, "err", err)
+		_ = msg.TermWithReason("not a flinger job")
+		return
+	}
+	r := &jobRun{d: d, msg: msg, job: &job, queue: queue, log: d.log.With("job", job.JobID), status: map[events.Phase]int{}}
+	r.ctx, r.cancel = context.WithCancelCause(context.Background())
+	defer r.cancel(nil)
+
+	// Listen for cancellation before claiming, so a cancel sent between the
+	// claim and the first phase is not missed.
+	sub, err := d.w.c.NC.Subscribe(d.w.c.Subj.CancelSignal(job.JobID), func(m *nats.Msg) {
+		detail := strings.TrimSpace(string(m.Data))
+		if detail == "" {
+			detail = "cancelled on request"
+		}
+		r.cancel(&cancelRequest{detail: detail})
+	})
+	if err != nil {
+		r.log.Error("cannot listen for cancellation; job left for another try", "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+
+	if !r.claim() {
+		return
+	}
+	go r.keepLease()
+	go func() {
+		select {
+		case <-d.w.draining:
+			r.draining.Store(true)
+			t := time.NewTimer(d.w.cfg.DrainTimeout)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				r.cancel(errShutdown)
+			case <-r.ctx.Done():
+			}
+		case <-r.ctx.Done():
+		}
+	}()
+	r.run()
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// claim takes the job in its record with compare-and-set, so that no two
+// devices run it. It returns false when the job is not to be run here.
+func (r *jobRun) claim() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	var prevDevice string
+	var prevState events.JobState
+	var cancelledNow bool
+	update := func(rec *events.JobRecord) error {
+		prevDevice, prevState, cancelledNow = rec.Device, rec.State, false
+		if rec.State.Terminal() {
+			return errStale
+		}
+		now := time.Now().UTC()
+		if rec.CancelRequested {
+			rec.State, rec.Outcome, rec.EndReason, rec.EndedAt = events.JobCancelled, events.OutcomeCancelled, events.EventCancelled, now
+			cancelledNow = true
+			return nil
+		}
+		rec.Attempt++
+		rec.Device, rec.Host, rec.State, rec.StartedAt = r.d.cfg.Name, r.d.w.Host(), events.PhaseStateSetup, now
+		rec.Status, rec.DeviceInfo, rec.Outcome, rec.EndReason, rec.EndedAt = nil, nil, "", "", time.Time{}
+		return nil
+	}
+	rec, _, err := r.d.w.c.UpdateJob(ctx, r.job.JobID, update)
+	if errors.Is(err, broker.ErrNoJob) {
+		// The record expired or was lost; the queued job is the truth.
+		_, cerr := r.d.w.c.CreateJob(ctx, &events.JobRecord{Job: *r.job, State: events.JobWaiting, SubmittedAt: time.Now().UTC()})
+		if cerr != nil && !errors.Is(cerr, jetstream.ErrKeyExists) {
+			err = cerr
+		} else {
+			rec, _, err = r.d.w.c.UpdateJob(ctx, r.job.JobID, update)
+		}
+	}
+	switch {
+	case errors.Is(err, errStale):
+		r.log.Info("job already ended; dropping a repeated delivery", "state", rec.State)
+		_ = r.msg.Ack()
+		return false
+	case err != nil:
+		r.log.Error("cannot claim job; leaving it for another try", "err", err)
+		_ = r.msg.NakWithDelay(time.Second)
+		return false
+	case cancelledNow:
+		r.emit(events.EventCancelled, "", "cancelled before it started", nil)
+		r.emitEnd(events.EventCancelled, events.OutcomeCancelled)
+		_ = r.msg.Ack()
+		return false
+	}
+	r.attempt = rec.Attempt
+	r.log = r.log.With("attempt", r.attempt)
+	if prevDevice != "" && prevState != events.JobWaiting {
+		r.emit(events.EventJobRequeued, "", fmt.Sprintf("attempt %d on %s stopped renewing its lease during %s; attempt %d starts on %s",
+			r.attempt-1, prevDevice, prevState, r.attempt, r.d.cfg.Name), nil)
+	}
+	return true
+}
+
+// keepLease tells JetStream the job is in progress well within the lease,
+// and stops the job if its record shows another attempt has taken over.
+func (r *jobRun) keepLease() {
+	every := r.d.w.leases[r.queue] / 3
+	if every <= 0 {
+		every = r.d.w.cfg.Lease / 3
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := r.msg.InProgress(); err != nil {
+			r.log.Warn("lease not renewed", "err", err)
+		}
+		ctx, cancel := context.WithTimeout(r.ctx, every)
+		rec, _, err := r.d.w.c.GetJob(ctx, r.job.JobID)
+		cancel()
+		if err == nil && (rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name) {
+			r.log.Warn("another attempt owns the job; stopping this one", "owner", rec.Device, "attempt", rec.Attempt)
+			r.cancel(errLeaseLost)
+			return
+		}
+	}
+}
+
+// run runs the phases, then cleanup, and ends the job.
+func (r *jobRun) run() {
+	d := r.d
+	global := limit(r.job.GlobalTimeout, d.cfg.GlobalTimeout, defaultGlobalTimeout)
+	r.deadline = time.Now().Add(global)
+	r.dir = filepath.Join(d.w.cfg.RunDir, r.job.JobID)
+	r.env = d.cfg.Environ(os.Environ())
+	d.update(r.ctx, "running job "+r.job.JobID, func(s *events.DeviceStatus) {
+		s.State, s.JobID, s.Phase = events.StateBusy, r.job.JobID, events.PhaseSetup
+	})
+	r.emit(events.EventJobStart, "", "flinger status "+r.job.JobID, nil)
+
+	endReason, outcome := events.EventNormalExit, events.OutcomePass
+	handBack := false
+	run := []events.Phase{events.PhaseSetup, events.PhaseProvision, events.PhaseFirmwareUpdate,
+		events.PhaseTest, events.PhaseAllocate, events.PhaseReserve}
+phases:
+	for i, p := range run {
+		if cause := context.Cause(r.ctx); cause != nil {
+			var cr *cancelRequest
+			switch {
+			case errors.As(cause, &cr):
+				r.emit(events.EventCancelled, "", cr.detail, nil)
+				endReason, outcome = events.EventCancelled, events.OutcomeCancelled
+			case errors.Is(cause, errLeaseLost):
+				r.abandon()
+				return
+			case errors.Is(cause, errShutdown):
+				handBack = true
+			}
+			break
+		}
+		if r.draining.Load() && r.remaining(run[i:]) {
+			handBack = true
+			break
+		}
+		if time.Now().After(r.deadline) {
+			r.emit(events.EventGlobalTimeout, p, fmt.Sprintf("global timeout of %s reached before %s", global, p), nil)
+			endReason, outcome = events.EventGlobalTimeout, events.OutcomeTimeout
+			break
+		}
+		r.emit(events.PhaseStart(p), p, "", nil)
+		if reason := r.job.SkipReason(p); reason != "" {
+			r.emit(events.PhaseSuccess(p), p, "skipped: "+reason, nil)
+			continue
+		}
+		r.setPhase(p)
+		rc, err, cause := r.runPhase(p)
+		r.status[p] = rc
+		var cr *cancelRequest
+		switch {
+		case errors.Is(cause, errLeaseLost):
+			r.abandon()
+			return
+		case errors.As(cause, &cr):
+			r.emit(events.EventCancelled, p, cr.detail, nil)
+			r.emit(events.PhaseFail(p), p, "cancelled during "+string(p), &rc)
+			endReason, outcome = events.EventCancelled, events.OutcomeCancelled
+			break phases
+		case errors.Is(cause, errShutdown):
+			r.emit(events.PhaseFail(p), p, "stopped: "+errShutdown.Error(), &rc)
+			handBack = true
+			break phases
+		case errors.Is(cause, errGlobalTimeout):
+			r.emit(events.EventGlobalTimeout, p, fmt.Sprintf("global timeout of %s reached during %s", global, p), nil)
+			r.emit(events.PhaseFail(p), p, errGlobalTimeout.Error(), &rc)
+			endReason, outcome = events.EventGlobalTimeout, events.OutcomeTimeout
+			break phases
+		case errors.Is(cause, errOutputTimeout):
+			r.emit(events.EventOutputTimeout, p, err.Error(), nil)
+			r.emit(events.PhaseFail(p), p, err.Error(), &rc)
+			outcome = events.OutcomeTimeout
+		case rc == drivers.ExitRecoveryFailed:
+			r.emit(events.EventRecoveryFail, p, detail(err, rc), &rc)
+			r.recoveryFailed(err)
+			endReason, outcome = events.EventRecoveryFail, events.OutcomeRecoveryFail
+			break phases
+		case rc != 0:
+			r.emit(events.PhaseFail(p), p, detail(err, rc), &rc)
+			if p != events.PhaseTest {
+				endReason, outcome = events.PhaseFail(p), events.OutcomeFail
+				break phases
+			}
+			if outcome == events.OutcomePass {
+				outcome = events.OutcomeTestFail
+			}
+		default:
+			r.emit(events.PhaseSuccess(p), p, "", &rc)
+		}
+	}
+
+	r.cleanup()
+	if handBack {
+		r.handBack()
+		return
+	}
+	r.finish(endReason, outcome)
+}
+
+// remaining reports whether any of phases would run for this job.
+func (r *jobRun) remaining(phases []events.Phase) bool {
+	for _, p := range phases {
+		if r.job.SkipReason(p) == "" {
+			return true
+		}
+	}
+	return false
+}
+
+func detail(err error, rc int) string {
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("exit status %d", rc)
+}
+
+func limit(job, device int, def time.Duration) time.Duration {
+	d := def
+	if job > 0 {
+		d = time.Duration(job) * time.Second
+	}
+	if device > 0 && time.Duration(device)*time.Second < d {
+		d = time.Duration(device) * time.Second
+	}
+	return d
+}
+
+// setPhase records the phase the job is in, in its record and the device's.
+func (r *jobRun) setPhase(p events.Phase) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _, err := r.d.w.c.UpdateJob(ctx, r.job.JobID, func(rec *events.JobRecord) error {
+		if rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name {
+			return errLeaseLost
+		}
+		rec.State = events.JobState(p)
+		return nil
+	})
+	if errors.Is(err, errLeaseLost) {
+		r.cancel(errLeaseLost)
+	} else if err != nil {
+		r.log.Warn("job state not recorded", "phase", p, "err", err)
+	}
+	r.d.update(ctx, "", func(s *events.DeviceStatus) { s.Phase = p })
+}
+
+// runPhase runs one phase with its limits and returns its exit status, its
+// error and, when it was stopped early, why.
+func (r *jobRun) runPhase(p events.Phase) (rc int, err error, cause error) {
+	d := r.d
+	out := newPhaseOutput(d.w.c, r.job.JobID, p, "")
+	if p != events.PhaseSetup {
+		out = newPhaseOutput(d.w.c, r.job.JobID, p, filepath.Join(r.dir, string(p)+".log"))
+	}
+	defer out.Close()
+
+	var ctx context.Context
+	var cancel context.CancelFunc
+	switch p {
+	case events.PhaseCleanup:
+		ctx, cancel = context.WithTimeout(context.Background(), d.w.cfg.CleanupTimeout)
+	case events.PhaseReserve:
+		ctx, cancel = context.WithCancel(r.ctx)
+	default:
+		ctx, cancel = context.WithDeadlineCause(r.ctx, r.deadline, errGlobalTimeout)
+	}
+	defer cancel()
+	if p == events.PhaseTest {
+		outTimeout := limit(r.job.OutputTimeout, d.cfg.OutputTimeout, defaultOutputTimeout)
+		var stop context.CancelCauseFunc
+		ctx, stop = context.WithCancelCause(ctx)
+		defer stop(nil)
+		timer := time.AfterFunc(outTimeout, func() {
+			stop(fmt.Errorf("%w: no output for %s", errOutputTimeout, outTimeout))
+		})
+		defer timer.Stop()
+		out.onWrite = func() { timer.Reset(outTimeout) }
+	}
+	line := fmt.Sprintf("Starting testflinger %s phase on %s", p, d.cfg.Name)
+	out.Printf("%s\n* %s *\n%s", strings.Repeat("*", len(line)+4), line, strings.Repeat("*", len(line)+4))
+
+	run := &drivers.Run{Job: r.job, Device: d.cfg, Dir: r.dir, Out: out, Env: r.env, Log: r.log.With("phase", p)}
+	switch p {
+	case events.PhaseSetup:
+		err = r.setup(out)
+	case events.PhaseProvision:
+		err = d.drv.Provision(ctx, run)
+	case events.PhaseFirmwareUpdate:
+		err = d.drv.FirmwareUpdate(ctx, run)
+	case events.PhaseTest:
+		rc, err = d.drv.RunTest(ctx, run)
+		if err != nil && rc == 0 {
+			rc = exitInternal
+			if drivers.IsRecovery(err) {
+				rc = drivers.ExitRecoveryFailed
+			}
+		}
+	case events.PhaseAllocate:
+		var info map[string]any
+		if info, err = d.drv.Allocate(ctx, run); err == nil {
+			err = r.holdAllocated(ctx, out, info)
+		}
+	case events.PhaseReserve:
+		if err = d.drv.Reserve(ctx, run); err == nil {
+			err = r.holdReserved(ctx, out)
+		}
+	case events.PhaseCleanup:
+		err = d.drv.Cleanup(ctx, run)
+	}
+	if p != events.PhaseTest {
+		rc = drivers.ExitCode(err)
+	}
+	if ctx.Err() != nil {
+		cause = context.Cause(ctx)
+		if rc == 0 {
+			rc = drivers.ExitFailed
+		}
+	}
+	if err != nil {
+		out.Printf("%s failed: %v", p, err)
+	} else if cause != nil {
+		out.Printf("%s stopped: %v", p, cause)
+	}
+	if errors.Is(cause, errOutputTimeout) {
+		err = cause
+	}
+	return rc, err, cause
+}
+
+// setup prepares the run directory as Testflinger's agent does.
+func (r *jobRun) setup(out *phaseOutput) error {
+	if err := os.RemoveAll(r.dir); err != nil {
+		return fmt.Errorf("clear run directory: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(r.dir, "artifacts"), 0o750); err != nil {
+		return fmt.Errorf("run directory: %w", err)
+	}
+	files := map[string]any{
+		"testflinger.json":         r.job,
+		"testflinger-outcome.json": map[string]any{},
+		"device-info.json":         r.d.cfg.DeviceInfo(),
+	}
+	for name, v := range files {
+		data, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if err := os.WriteFile(filepath.Join(r.dir, name), data, 0o640); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	out.Printf("run directory %s ready", r.dir)
+	return nil
+}
+
+// holdAllocated records the device as allocated to the job and holds it
+// until the job is cancelled, its parent job ends, or time runs out.
+func (r *jobRun) holdAllocated(ctx context.Context, out *phaseOutput, info map[string]any) error {
+	r.info = info
+	uctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, _, err := r.d.w.c.UpdateJob(uctx, r.job.JobID, func(rec *events.JobRecord) error {
+		if rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name {
+			return errLeaseLost
+		}
+		rec.State, rec.DeviceInfo = events.JobAllocated, info
+		return nil
+	})
+	cancel()
+	if errors.Is(err, errLeaseLost) {
+		r.cancel(errLeaseLost)
+		return err
+	} else if err != nil {
+		return fmt.Errorf("record allocation: %w", err)
+	}
+	ev := r.event(events.EventJobAllocated, events.PhaseAllocate, "device allocated")
+	ev.Data = map[string]any{"device_info": info}
+	r.publish(ev)
+
+	parentDone := make(chan struct{})
+	if parent := r.job.ParentJobID; parent != "" {
+		sub, err := r.d.w.c.NC.Subscribe(r.d.w.c.Subj.JobEvent(parent, events.EventJobEnd), func(*nats.Msg) {
+			select {
+			case <-parentDone:
+			default:
+				close(parentDone)
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("watch parent job %s: %w", parent, err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+		if rec, _, err := r.d.w.c.GetJob(ctx, parent); err == nil && rec.State.Terminal() {
+			out.Printf("parent job %s has already ended", parent)
+			return nil
+		}
+		out.Printf("device allocated; holding it until parent job %s ends", parent)
+	} else {
+		out.Printf("device allocated; holding it until the job is cancelled (flinger cancel %s)", r.job.JobID)
+	}
+	select {
+	case <-parentDone:
+		out.Printf("parent job ended; releasing the device")
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// holdReserved keeps the device for the reservation's length.
+func (r *jobRun) holdReserved(ctx context.Context, out *phaseOutput) error {
+	length := events.DefaultReserveTimeout
+	if r.job.ReserveData != nil && r.job.ReserveData.Timeout > 0 {
+		length = time.Duration(r.job.ReserveData.Timeout) * time.Second
+	}
+	out.Printf("device reserved for %s, until %s; end it early with: flinger cancel %s",
+		length, time.Now().Add(length).UTC().Format(time.RFC3339), r.job.JobID)
+	t := time.NewTimer(length)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		out.Printf("reservation over")
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// recoveryFailed takes the device out of service, as Testflinger's agent does on exit 46.
+func (r *jobRun) recoveryFailed(err error) {
+	comment := fmt.Sprintf("Set to offline by worker: recovery failed during job %s", r.job.JobID)
+	if err != nil {
+		comment += ": " + err.Error()
+	}
+	r.d.update(context.Background(), comment, func(s *events.DeviceStatus) {
+		s.State, s.Health, s.Comment = events.StateOffline, events.HealthBad, comment
+	})
+	r.log.Error("device taken offline", "reason", comment)
+}
+
+// cleanup runs the cleanup phase, which always runs.
+func (r *jobRun) cleanup() {
+	p := events.PhaseCleanup
+	r.emit(events.PhaseStart(p), p, "", nil)
+	r.d.update(context.Background(), "", func(s *events.DeviceStatus) { s.Phase = p })
+	rc, err, _ := r.runPhase(p)
+	r.status[p] = rc
+	if rc != 0 {
+		r.emit(events.PhaseFail(p), p, detail(err, rc), &rc)
+		if rc == drivers.ExitRecoveryFailed {
+			r.recoveryFailed(err)
+		}
+		return
+	}
+	r.emit(events.PhaseSuccess(p), p, "", &rc)
+}
+
+// finish records how the job ended, announces job_end and acknowledges the job.
+func (r *jobRun) finish(endReason string, outcome events.Outcome) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	state := events.JobCompleted
+	if outcome == events.OutcomeCancelled {
+		state = events.JobCancelled
+	}
+	_, _, err := r.d.w.c.UpdateJob(ctx, r.job.JobID, func(rec *events.JobRecord) error {
+		if rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name {
+			return errLeaseLost
+		}
+		rec.State, rec.Outcome, rec.EndReason, rec.EndedAt = state, outcome, endReason, time.Now().UTC()
+		rec.Status = r.status
+		if r.info != nil {
+			rec.DeviceInfo = r.info
+		}
+		return nil
+	})
+	if errors.Is(err, errLeaseLost) {
+		r.abandon()
+		return
+	}
+	if err != nil {
+		r.log.Error("final job record not stored", "err", err)
+	}
+	r.emitEnd(endReason, outcome)
+	if err := r.msg.DoubleAck(ctx); err != nil {
+		r.log.Warn("job acknowledgement not confirmed", "err", err)
+	}
+	r.release(outcome)
+}
+
+// emitEnd publishes job_end and waits until the stream has it.
+func (r *jobRun) emitEnd(endReason string, outcome events.Outcome) {
+	ev := r.event(events.EventJobEnd, "", endReason)
+	ev.Data = map[string]any{"outcome": string(outcome)}
+	if len(r.status) > 0 {
+		st := map[string]any{}
+		for p, rc := range r.status {
+			st[string(p)] = rc
+		}
+		ev.Data["status"] = st
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.d.w.c.PublishEventSync(ctx, ev); err != nil {
+		r.log.Warn("job_end not published", "err", err)
+	}
+}
+
+// release removes the run directory and returns the device to service.
+func (r *jobRun) release(outcome events.Outcome) {
+	if !r.d.w.cfg.KeepRunDirs && r.dir != "" {
+		_ = os.RemoveAll(r.dir)
+	}
+	r.d.update(context.Background(), "job "+r.job.JobID+" ended: "+string(outcome), func(s *events.DeviceStatus) {
+		s.JobID, s.Phase = "", ""
+		if s.State == events.StateBusy {
+			s.State = events.StateIdle
+		}
+		if s.State == events.StateIdle && (outcome == events.OutcomePass || outcome == events.OutcomeTestFail) {
+			s.Health = events.HealthGood
+		}
+	})
+}
+
+// handBack returns the job to its queue for another device after a shutdown.
+func (r *jobRun) handBack() {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_, _, err := r.d.w.c.UpdateJob(ctx, r.job.JobID, func(rec *events.JobRecord) error {
+		if rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name {
+			return errLeaseLost
+		}
+		rec.State, rec.Device, rec.Host = events.JobWaiting, "", ""
+		return nil
+	})
+	if err != nil && !errors.Is(err, errLeaseLost) {
+		r.log.Error("job record not reset for hand-back", "err", err)
+	}
+	r.emit(events.EventJobRequeued, "", fmt.Sprintf("worker on %s shut down during attempt %d; the job goes back to queue %s",
+		r.d.w.Host(), r.attempt, r.queue), nil)
+	if err := r.msg.Nak(); err != nil {
+		r.log.Error("job not handed back; it returns when its lease runs out", "err", err)
+	}
+	r.log.Info("job handed back to its queue")
+	r.release("handed back")
+}
+
+// abandon stops work on a job whose lease another attempt now holds,
+// leaving its record and acknowledgement to that attempt.
+func (r *jobRun) abandon() {
+	r.log.Warn("job abandoned: " + errLeaseLost.Error())
+	r.release("abandoned")
+}
+
+// event builds an event about this job.
+func (r *jobRun) event(name string, p events.Phase, detail string) *events.Event {
+	ev := events.NewEvent(name)
+	ev.JobID, ev.Device, ev.Queue, ev.Host = r.job.JobID, r.d.cfg.Name, r.job.JobQueue, r.d.w.Host()
+	ev.Phase, ev.Detail, ev.Attempt = p, detail, r.attempt
+	return ev
+}
+
+func (r *jobRun) emit(name string, p events.Phase, detail string, rc *int) {
+	ev := r.event(name, p, detail)
+	if rc != nil {
+		v := *rc
+		ev.ExitCode = &v
+	}
+	r.publish(ev)
+}
+
+func (r *jobRun) publish(ev *events.Event) {
+	if err := r.d.w.c.PublishEvent(ev); err != nil {
+		r.log.Warn("event not published", "event", ev.Name, "err", err)
+	}
+}

@@ -1,0 +1,322 @@
+// Package workers runs a lab host: one process drives every device in its
+// host file. Each idle device takes jobs from the JetStream subjects of the
+// queues it serves as soon as they arrive (long-held pull requests, no
+// polling interval), runs the phases in Testflinger's order with its skip
+// rules, keeps the job's lease alive, streams output, publishes every event
+// and keeps the device's status current.
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flingerlab/flinger/broker"
+	"github.com/flingerlab/flinger/drivers"
+)
+
+// Config configures a worker.
+type Config struct {
+	// Client is the worker's NATS connection.
+	Client *broker.Client
+	// Host is the host file: the lab host's name and its devices.
+	Host *drivers.HostConfig
+	// RunDir is where job run directories are made (default: the host
+	// file's run_dir, else flinger-runs under the system's temp dir).
+	RunDir string
+	// Lease is how long a job stays with a device that stops renewing it
+	// before JetStream hands it to another (the queue consumers' AckWait;
+	// default 60 s). It is set when a queue's consumer is first created.
+	Lease time.Duration
+	// Heartbeat is how often device status records are refreshed (default 15 s).
+	Heartbeat time.Duration
+	// DrainTimeout is how long, on shutdown, a running phase may take to
+	// finish before it is stopped and its job handed back (default 30 s).
+	DrainTimeout time.Duration
+	// CleanupTimeout bounds the cleanup phase (default 10 min).
+	CleanupTimeout time.Duration
+	// KeepRunDirs keeps run directories after jobs end (default: removed).
+	KeepRunDirs bool
+	// Log is the worker's logger (nil: slog.Default()).
+	Log *slog.Logger
+}
+
+// Default durations.
+const (
+	DefaultLease          = 60 * time.Second
+	DefaultHeartbeat      = 15 * time.Second
+	DefaultDrainTimeout   = 30 * time.Second
+	DefaultCleanupTimeout = 10 * time.Minute
+	pullWait              = 30 * time.Second
+)
+
+// Worker drives the devices of one lab host.
+type Worker struct {
+	cfg     Config
+	c       *broker.Client
+	log     *slog.Logger
+	devices []*device
+
+	mu      sync.Mutex
+	idle    map[*device]bool
+	wake    map[string]chan struct{}
+	// leases holds each queue consumer's AckWait, the lease its jobs must renew.
+	leases map[string]time.Duration
+
+	draining chan struct{}
+	jobs     sync.WaitGroup
+}
+
+// New checks the configuration and builds a driver for every device.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("worker: a NATS client is required")
+	}
+	if cfg.Host == nil || len(cfg.Host.Devices) == 0 {
+		return nil, errors.New("worker: the host file has no devices")
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = DefaultLease
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.CleanupTimeout <= 0 {
+		cfg.CleanupTimeout = DefaultCleanupTimeout
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = cfg.Host.RunDir
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = filepath.Join(os.TempDir(), "flinger-runs")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	host := cfg.Host.Host
+	if host == "" {
+		host, _ = os.Hostname()
+	}
+	w := &Worker{
+		cfg:      cfg,
+		c:        cfg.Client,
+		log:      cfg.Log.With("component", "worker", "host", host),
+		idle:     map[*device]bool{},
+		wake:     map[string]chan struct{}{},
+		leases:   map[string]time.Duration{},
+		draining: make(chan struct{}),
+	}
+	w.cfg.Host.Host = host
+	for _, dc := range cfg.Host.Devices {
+		drv, err := drivers.New(dc)
+		if err != nil {
+			return nil, fmt.Errorf("worker: device %s: %w", dc.Name, err)
+		}
+		d := &device{w: w, cfg: dc, drv: drv, log: w.log.With("device", dc.Name)}
+		w.devices = append(w.devices, d)
+		for _, q := range dc.Queues {
+			if _, ok := w.wake[q]; !ok {
+				w.wake[q] = make(chan struct{}, 1)
+			}
+		}
+	}
+	return w, nil
+}
+
+// Host returns the lab host's name.
+func (w *Worker) Host() string { return w.cfg.Host.Host }
+
+// Run drives the devices until ctx is done, then shuts down cleanly: no new
+// job is taken, a running phase gets DrainTimeout to finish, and a job that
+// cannot finish is handed back to its queue. Run returns when every job has
+// been finished or handed back.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := os.MkdirAll(w.cfg.RunDir, 0o750); err != nil {
+		return fmt.Errorf("worker: run directory: %w", err)
+	}
+	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	consumers := map[string]jetstream.Consumer{}
+	for q := range w.wake {
+		cons, err := w.queueConsumer(setupCtx, q)
+		if err != nil {
+			return err
+		}
+		consumers[q] = cons
+		w.leases[q] = cons.CachedInfo().Config.AckWait
+	}
+	for _, d := range w.devices {
+		if err := d.start(setupCtx); err != nil {
+			return err
+		}
+	}
+	w.log.Info("worker started", "devices", len(w.devices), "queues", len(consumers))
+
+	pullCtx, stopPulling := context.WithCancel(context.Background())
+	var pullers sync.WaitGroup
+	for q, cons := range consumers {
+		pullers.Add(1)
+		go func() {
+			defer pullers.Done()
+			w.pull(pullCtx, q, cons)
+		}()
+	}
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		w.heartbeat(pullCtx)
+	}()
+
+	<-ctx.Done()
+	w.log.Info("worker stopping: no new jobs; running jobs get the drain timeout", "drain", w.cfg.DrainTimeout)
+	stopPulling()
+	pullers.Wait()
+	close(w.draining)
+	w.jobs.Wait()
+	<-hbDone
+	final, cancelFinal := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelFinal()
+	for _, d := range w.devices {
+		d.heartbeatNow(final)
+	}
+	w.log.Info("worker stopped")
+	return nil
+}
+
+// queueConsumer returns the durable pull consumer shared by every device
+// serving queue q, creating it when it does not exist yet.
+func (w *Worker) queueConsumer(ctx context.Context, q string) (jetstream.Consumer, error) {
+	stream, name := w.c.Subj.QueueStream(), w.c.Subj.QueueConsumer(q)
+	cons, err := w.c.JS.Consumer(ctx, stream, name)
+	if err == nil {
+		return cons, nil
+	}
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("queue %s: %w", q, err)
+	}
+	cons, err = w.c.JS.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   "Devices serving queue " + q,
+		FilterSubject: w.c.Subj.Queue(q),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       w.cfg.Lease,
+		MaxDeliver:    -1,
+		MaxAckPending: -1,
+		MaxWaiting:    4096,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue %s: create consumer: %w", q, err)
+	}
+	return cons, nil
+}
+
+// pull keeps one pull request open on queue q while some idle device serves
+// it, and hands each job that arrives to such a device.
+func (w *Worker) pull(ctx context.Context, q string, cons jetstream.Consumer) {
+	wake := w.wake[q]
+	for ctx.Err() == nil {
+		if !w.hasIdle(q) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-wake:
+			}
+			continue
+		}
+		fetchCtx, cancel := context.WithTimeout(ctx, pullWait)
+		msg, err := cons.Next(jetstream.FetchContext(fetchCtx))
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
+				w.log.Warn("pull failed; retrying", "queue", q, "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
+			continue
+		}
+		d := w.take(q)
+		if d == nil {
+			// Every device that served q took a job from another queue meanwhile.
+			_ = msg.Nak()
+			continue
+		}
+		w.jobs.Add(1)
+		go func() {
+			defer w.jobs.Done()
+			d.runJob(msg, q)
+		}()
+	}
+}
+
+func (w *Worker) hasIdle(q string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for d := range w.idle {
+		if slices.Contains(d.cfg.Queues, q) {
+			return true
+		}
+	}
+	return false
+}
+
+// take removes and returns an idle device serving q, preferring the one
+// serving the fewest queues so that the others stay free for theirs.
+func (w *Worker) take(q string) *device {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var best *device
+	for d := range w.idle {
+		if !slices.Contains(d.cfg.Queues, q) {
+			continue
+		}
+		if best == nil || len(d.cfg.Queues) < len(best.cfg.Queues) ||
+			(len(d.cfg.Queues) == len(best.cfg.Queues) && d.cfg.Name < best.cfg.Name) {
+			best = d
+		}
+	}
+	if best != nil {
+		delete(w.idle, best)
+	}
+	return best
+}
+
+// setIdle makes d available and wakes the pullers of its queues.
+func (w *Worker) setIdle(d *device) {
+	w.mu.Lock()
+	w.idle[d] = true
+	w.mu.Unlock()
+	for _, q := range d.cfg.Queues {
+		select {
+		case w.wake[q] <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (w *Worker) heartbeat(ctx context.Context) {
+	t := time.NewTicker(w.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			for _, d := range w.devices {
+				d.heartbeatNow(ctx)
+			}
+		}
+	}
+}
