@@ -55,6 +55,8 @@ const outputGrace = 5 * time.Second
 // run.Dir as their working directory, stdin from /dev/null, and stdout and
 // stderr merged into one pipe that is copied to run.Out as output arrives.
 // A command killed by a signal has status 128+signal, as a shell reports it.
+// (Testflinger's runcmd also drops variables whose value is empty; they are
+// kept here.)
 //
 // Every command runs in its own process group. When ctx is done the
 // running command and whatever earlier commands left running get SIGTERM,
@@ -65,14 +67,18 @@ const outputGrace = 5 * time.Second
 // Testflinger runs the test phase in a container (processes that start a
 // new session escape this).
 //
-// An error other than cancellation means the commands could not be run
-// (the run directory is unusable, the interpreter is missing); the status
-// is then ExitFailed.
+// When ctx is already done nothing runs: the status is 128+SIGTERM and
+// the error wraps ctx.Err(). An error other than cancellation means the
+// commands could not be run (the run directory is unusable, the
+// interpreter is missing); the status is then ExitFailed.
 //
 // Not done here: Testflinger's deprecated "{{ key }}" substitution of
 // device config values into test_cmds (nothing of the job or the device is
 // ever interpolated into a command), and its serial logger.
 func RunTestCmds(ctx context.Context, run *Run) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 128 + int(syscall.SIGTERM), fmt.Errorf("test_cmds not run: %w", err)
+	}
 	out := run.Out
 	if out == nil {
 		out = io.Discard
@@ -93,9 +99,6 @@ func RunTestCmds(ctx context.Context, run *Run) (int, error) {
 	if run.Dir == "" {
 		return ExitFailed, errors.New("test_cmds: no run directory")
 	}
-	if err := ctx.Err(); err != nil {
-		return 128 + int(syscall.SIGTERM), fmt.Errorf("test_cmds not run: %w", err)
-	}
 
 	s, err := newSession(run, out)
 	if err != nil {
@@ -108,6 +111,7 @@ func RunTestCmds(ctx context.Context, run *Run) (int, error) {
 		rc, err = s.runScript(ctx, script)
 	}
 	s.finish()
+	s.log.Debug("test_cmds: done", "rc", rc, "err", err)
 	return rc, err
 }
 

@@ -5,20 +5,16 @@ import (
 	"strings"
 )
 
-// Fake connector failure points, the values of provision_data.fail in a
-// job for Flinger's fake connector.
-const (
-	FakeFailProvision      = "provision"
-	FakeFailRecovery       = "recovery"
-	FakeFailFirmwareUpdate = "firmware_update"
-	FakeFailCleanup        = "cleanup"
-)
+// The values of provision_data.fail for Flinger's fake connector; they
+// are drivers/fake's FailModes.
+var fakeFailModes = []string{"provision", "recovery", "firmware_update", "cleanup"}
 
 // attachmentSchema is Testflinger's Attachment (agent required, device
 // optional), extended with local: the Testflinger CLI accepts a local path,
 // packs the file and rewrites the entry to agent (derived from local when
 // absent) before it submits, so a job carrying local names a file still to
-// be sent. Either agent or local is required.
+// be sent. Either agent or local is required, and one of them must name a
+// file (Testflinger takes agent: "", which names nothing).
 var attachmentSchema = &schema{
 	name: "attachment",
 	fields: []field{
@@ -29,16 +25,17 @@ var attachmentSchema = &schema{
 }
 
 func loadAttachment(v any, path string, errs *errList) any {
+	before := len(*errs)
 	m, ok := v.(map[string]any)
 	if !ok {
 		errs.add(path, "must be a mapping, got %s", describe(v))
 		return nil
 	}
 	out, _ := attachmentSchema.load(m, path, errs)
-	_, agent := m["agent"]
-	_, local := m["local"]
-	if !agent && !local {
+	if len(*errs) == before && out["agent"] == nil && out["local"] == nil {
 		errs.add(joinPath(path, "agent"), "required (or local, a file to send)")
+	} else if len(*errs) == before && asStr(out["agent"]) == "" && asStr(out["local"]) == "" {
+		errs.add(joinPath(path, "agent"), "must not be empty")
 	}
 	return out
 }
@@ -146,9 +143,9 @@ var provisionSchemas = []*schema{
 	// Flinger's extension: the fake connector, which fails on request at
 	// one point, waits delay at each phase and prints output_lines lines.
 	{name: "flinger_fake", fields: []field{
-		{name: "fail", load: oneOf(FakeFailProvision, FakeFailRecovery, FakeFailFirmwareUpdate, FakeFailCleanup)},
+		{name: "fail", load: oneOf(fakeFailModes...)},
 		{name: "delay", load: durationIn(0)},
-		{name: "output_lines", load: intIn(0, 1_000_000)},
+		{name: "output_lines", load: intIn(0, 1_000_000)}, // drivers/fake.MaxOutputLines
 	}},
 }
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -452,7 +453,7 @@ func clean(v any, path string, errs *errList) any {
 		for k, e := range t {
 			ks, ok := k.(string)
 			if !ok {
-				errs.add(path, "has key %s, which is %s: keys must be strings", keyText(k), describe(k))
+				errs.add(path, "has key %s, which is %s: keys must be strings", keyText(k), TypeName(k))
 				continue
 			}
 			if !utf8.ValidString(ks) {
@@ -490,6 +491,9 @@ func clean(v any, path string, errs *errList) any {
 		return cleanFloat(f, path, errs)
 	case []byte:
 		errs.add(path, "must not be binary data")
+		return nil
+	case time.Time:
+		errs.add(path, "must not be a timestamp (write it as a string)")
 		return nil
 	}
 	switch t := v.(type) {

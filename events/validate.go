@@ -80,9 +80,13 @@ func jobError(format string, args ...any) *ValidationError {
 
 // ParseJob reads a submitted job written in format ("" to detect it),
 // checks it against Testflinger's job schema with Flinger's additions (see
-// ValidateJob) and returns it normalised: durations in whole seconds,
-// integral numbers as integers, marshmallow-style booleans ("yes", 1) as
-// booleans. Every failure is a *ValidationError naming all the bad fields.
+// ValidateJob) and returns it normalised as Testflinger's schema loads it:
+// durations in whole seconds, numeric strings and integral numbers as
+// integers where integers are asked for, marshmallow-style booleans ("yes",
+// 1) as booleans, empty lists and mappings left out. Every failure is a
+// *ValidationError naming all the bad fields; one that stops the job being
+// read at all (too big, not YAML, JSON or msgpack, not a mapping) is on the
+// field "(job)", and a YAML error keeps yaml's line number.
 // maxBytes <= 0 means DefaultMaxJobBytes.
 func ParseJob(data []byte, format Format, maxBytes int) (*Job, error) {
 	if maxBytes <= 0 {
@@ -365,7 +369,9 @@ var jobSchema = &schema{name: "job", fields: []field{
 	{name: "debug", load: loadBool},
 }}
 
-// buildJob converts a loaded, valid job document into a Job.
+// buildJob converts a loaded, valid job document into a Job. Empty lists
+// and mappings are left out, as Testflinger's agent treats them as absent,
+// so that a job has one form however it was written.
 func buildJob(m map[string]any) *Job {
 	j := &Job{
 		JobID:              asStr(m["job_id"]),
@@ -395,14 +401,14 @@ func buildJob(m map[string]any) *Job {
 		case []any:
 			t.TestCmds = ListCmds(asStrs(c)...)
 		}
-		if l, ok := td["attachments"].([]any); ok {
+		if l, ok := td["attachments"].([]any); ok && len(l) > 0 {
 			t.Attachments = make([]Attachment, len(l))
 			for i, a := range l {
 				am, _ := a.(map[string]any)
 				t.Attachments[i] = Attachment{Local: asStr(am["local"]), Agent: asStr(am["agent"]), Device: asStr(am["device"])}
 			}
 		}
-		if s, ok := td["secrets"].(map[string]any); ok {
+		if s, ok := td["secrets"].(map[string]any); ok && len(s) > 0 {
 			t.Secrets = make(map[string]string, len(s))
 			for k, v := range s {
 				t.Secrets[k] = asStr(v)
@@ -420,9 +426,10 @@ func asStr(v any) string { s, _ := v.(string); return s }
 
 func asNum(v any) int { n, _ := v.(int); return n }
 
+// asStrs returns a list of strings, nil when empty.
 func asStrs(v any) []string {
 	l, ok := v.([]any)
-	if !ok {
+	if !ok || len(l) == 0 {
 		return nil
 	}
 	out := make([]string, len(l))
@@ -432,9 +439,10 @@ func asStrs(v any) []string {
 	return out
 }
 
+// asData returns a section, nil when empty.
 func asData(v any) Data {
 	m, ok := v.(map[string]any)
-	if !ok {
+	if !ok || len(m) == 0 {
 		return nil
 	}
 	return Data(m)

@@ -53,8 +53,8 @@ func New(cfg Config) (*Orchestrator, error) {
 	return &Orchestrator{c: cfg.Client, log: log.With("component", "orchestrator"), max: cfg.MaxJobBytes}, nil
 }
 
-// Start begins intake and the control service; they run until ctx is done
-// or Stop is called.
+// Start begins intake and the control service; ctx bounds only the
+// start-up, and they run until Stop is called.
 func (o *Orchestrator) Start(ctx context.Context) error {
 	cons, err := o.c.JS.CreateOrUpdateConsumer(ctx, o.c.Subj.SubmitStream(), jetstream.ConsumerConfig{
 		Durable:       IntakeConsumer,
@@ -72,11 +72,12 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 		return err
 	}
 	o.svc = svc
-	ctx, o.stop = context.WithCancel(ctx)
+	var runCtx context.Context
+	runCtx, o.stop = context.WithCancel(context.Background())
 	o.wg.Add(1)
 	go func() {
 		defer o.wg.Done()
-		o.intakeLoop(ctx, cons)
+		o.intakeLoop(runCtx, cons)
 	}()
 	return nil
 }

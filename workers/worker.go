@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flingerlab/flinger/broker"
@@ -238,7 +239,8 @@ func (w *Worker) pull(ctx context.Context, q string, cons jetstream.Consumer) {
 		msg, err := cons.Next(jetstream.FetchContext(fetchCtx))
 		cancel()
 		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
+			if ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) &&
+				!errors.Is(err, nats.ErrTimeout) {
 				w.log.Warn("pull failed; retrying", "queue", q, "err", err)
 				select {
 				case <-ctx.Done():

@@ -105,8 +105,14 @@ type Phase struct {
 var Phases = []Phase{
 	{events.PhaseProvision, func(ctx context.Context, d drivers.Driver, r *drivers.Run) error { return d.Provision(ctx, r) }},
 	{events.PhaseFirmwareUpdate, func(ctx context.Context, d drivers.Driver, r *drivers.Run) error { return d.FirmwareUpdate(ctx, r) }},
-	{events.PhaseTest, func(ctx context.Context, d drivers.Driver, r *drivers.Run) error { _, err := d.RunTest(ctx, r); return err }},
-	{events.PhaseAllocate, func(ctx context.Context, d drivers.Driver, r *drivers.Run) error { _, err := d.Allocate(ctx, r); return err }},
+	{events.PhaseTest, func(ctx context.Context, d drivers.Driver, r *drivers.Run) error {
+		_, err := d.RunTest(ctx, r)
+		return err
+	}},
+	{events.PhaseAllocate, func(ctx context.Context, d drivers.Driver, r *drivers.Run) error {
+		_, err := d.Allocate(ctx, r)
+		return err
+	}},
 	{events.PhaseReserve, func(ctx context.Context, d drivers.Driver, r *drivers.Run) error { return d.Reserve(ctx, r) }},
 	{events.PhaseCleanup, func(ctx context.Context, d drivers.Driver, r *drivers.Run) error { return d.Cleanup(ctx, r) }},
 }
@@ -456,7 +462,7 @@ func testNoInjection(t *testing.T, newDriver func(t *testing.T) (drivers.Driver,
 	}
 	for _, dir := range []string{run.Dir, cwd, sentinel} {
 		if found := findPwned(t, dir); len(found) > 0 {
-			t.Errorf("a job value ran as a shell command: %v created; output:\n%s", found, out)
+			t.Errorf("a job value ran as a shell command: %q created; output (end):\n%s", found, tail(out.String(), 2000))
 		}
 	}
 }
@@ -477,6 +483,14 @@ func findPwned(t *testing.T, root string) []string {
 		t.Errorf("walking %s: %v", root, err)
 	}
 	return found
+}
+
+// tail returns the last n bytes of s.
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
 }
 
 func toAny(s []string) []any {

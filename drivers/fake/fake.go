@@ -150,6 +150,7 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	fmt.Fprintln(w, banner)
 
 	opts, err := parseOptions(pd)
+	run.Logger().Debug("fake provision", "device", d.cfg.Name, "delay", opts.delay, "output_lines", opts.lines, "fail", opts.fail)
 	if err != nil {
 		return &drivers.ProvisioningError{Err: fmt.Errorf("provision_data: %w", err)}
 	}

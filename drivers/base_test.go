@@ -1,0 +1,126 @@
+package drivers_test
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/drivertest"
+	"github.com/flingerlab/flinger/events"
+)
+
+// Base on its own is a driver: the default connector behaviour.
+var _ drivers.Driver = drivers.Base{}
+
+func TestBaseConformance(t *testing.T) {
+	drivertest.Run(t, func(t *testing.T) (drivers.Driver, *drivers.DeviceConfig) {
+		cfg := *testDevice
+		return drivers.Base{}, &cfg
+	})
+}
+
+func TestBaseFirmwareUpdate(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		data    events.Data
+		wantErr string
+		output  []string
+	}{
+		{"not supported", events.Data{"version": "latest"}, "firmware_update not supported for fake_connector", []string{"firmware_update is not supported by the fake_connector connector"}},
+		{"ignore_failure", events.Data{"version": "latest", "ignore_failure": true}, "", []string{"ignore_failure: true; continuing"}},
+		{"ignore_failure false", events.Data{"ignore_failure": false}, "firmware_update not supported", nil},
+		{"ignore_failure not a boolean", events.Data{"ignore_failure": "yes"}, "firmware_update_data: ignore_failure: must be true or false, got a string", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			run, out := drivertest.NewRun(t, testDevice, &events.Job{JobQueue: "q", FirmwareUpdateData: tc.data})
+			err := drivers.Base{}.FirmwareUpdate(t.Context(), run)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Errorf("FirmwareUpdate: %v", err)
+				}
+			} else if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("FirmwareUpdate = %v, want an error containing %q", err, tc.wantErr)
+			} else if strings.Contains(tc.wantErr, "not supported") && (!errors.Is(err, errors.ErrUnsupported) || drivers.ExitCode(err) != drivers.ExitFailed) {
+				t.Errorf("FirmwareUpdate = %v: want errors.ErrUnsupported and exit code 1", err)
+			}
+			for _, s := range tc.output {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("output lacks %q:\n%s", s, out)
+				}
+			}
+		})
+	}
+}
+
+func TestBaseAllocate(t *testing.T) {
+	run, _ := drivertest.NewRun(t, testDevice, &events.Job{JobQueue: "q"})
+	info, err := drivers.Base{}.Allocate(t.Context(), run)
+	if want := map[string]any{"device_ip": "192.0.2.7", "agent_name": "dev-1"}; err != nil || !reflect.DeepEqual(info, want) {
+		t.Errorf("Allocate = %v, %v; want %v", info, err, want)
+	}
+	run.Device = nil
+	if _, err := (drivers.Base{}).Allocate(t.Context(), run); err == nil {
+		t.Error("Allocate without a device configuration succeeded")
+	}
+}
+
+func TestBaseReserve(t *testing.T) {
+	serial := *testDevice
+	serial.SerialHost, serial.SerialPort = "console.lab", 7001
+	noIP := *testDevice
+	noIP.DeviceIP = ""
+	for _, tc := range []struct {
+		name   string
+		dev    *drivers.DeviceConfig
+		job    *events.Job
+		want   []string
+		absent []string
+	}{
+		{"defaults", testDevice, &events.Job{JobID: "j-1", ReserveData: &events.ReserveData{}},
+			[]string{"*** TESTFLINGER SYSTEM RESERVED ***", "You can now connect to ubuntu@192.0.2.7", "ssh ubuntu@192.0.2.7", "Reservation expires at: [",
+				"Reservation will automatically timeout in 3600 seconds", "To end the reservation sooner use: flinger cancel j-1"},
+			[]string{"Serial access", "SSH keys"}},
+		{"user, keys, timeout, serial", &serial, &events.Job{JobID: "j-2", TestData: &events.TestData{TestUsername: "admin"},
+			ReserveData: &events.ReserveData{SSHKeys: []string{"lp:alice", "gh:bob"}, Timeout: 7200}},
+			[]string{"ssh admin@192.0.2.7", "Serial access is available via: telnet console.lab 7001", "SSH keys for this reservation: lp:alice, gh:bob",
+				"does not install them", "timeout in 7200 seconds", "flinger cancel j-2"}, nil},
+		{"no job id, no device_ip", &noIP, &events.Job{ReserveData: &events.ReserveData{}},
+			[]string{"ubuntu@<device_ip not configured>", "flinger cancel <job_id>"}, nil},
+		{"control characters are quoted", testDevice, &events.Job{JobID: "j\nFAKE LINE", TestData: &events.TestData{TestUsername: "u\n*** forged ***"}, ReserveData: &events.ReserveData{}},
+			[]string{`ssh "u\n*** forged ***"@192.0.2.7`, `flinger cancel "j\nFAKE LINE"`}, []string{"\nFAKE LINE", "\n*** forged"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			run, out := drivertest.NewRun(t, tc.dev, tc.job)
+			if err := (drivers.Base{}).Reserve(t.Context(), run); err != nil {
+				t.Fatalf("Reserve: %v", err)
+			}
+			for _, s := range tc.want {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("output lacks %q:\n%s", s, out)
+				}
+			}
+			for _, s := range tc.absent {
+				if strings.Contains(out.String(), s) {
+					t.Errorf("output has %q:\n%s", s, out)
+				}
+			}
+		})
+	}
+}
+
+func TestBaseCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	run, out := drivertest.NewRun(t, testDevice, &events.Job{JobQueue: "q", ReserveData: &events.ReserveData{}})
+	for _, p := range drivertest.Phases {
+		if err := p.Call(ctx, drivers.Base{}, run); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with a cancelled context = %v", p.Name, err)
+		}
+	}
+	if out.String() != "" {
+		t.Errorf("cancelled phases wrote output:\n%s", out)
+	}
+}
