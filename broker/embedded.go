@@ -132,4 +132,3 @@ func (a *slogAdapter) Errorf(format string, v ...any) {
 }
 func (a *slogAdapter) Debugf(format string, v ...any) {}
 func (a *slogAdapter) Tracef(format string, v ...any) {}
-

@@ -106,6 +106,21 @@ func (c *Client) PutDevice(ctx context.Context, st *events.DeviceStatus) error {
 	return nil
 }
 
+// PutDeviceAsync stores a device's status without waiting for the
+// server's acknowledgement; updates from one client keep their order. A
+// failed store is logged.
+func (c *Client) PutDeviceAsync(st *events.DeviceStatus) error {
+	st.Type = events.DeviceType
+	m, err := events.NewMsg("$KV."+c.Subj.DeviceBucket()+"."+events.Key(st.Name), st)
+	if err != nil {
+		return err
+	}
+	if _, err := c.JS.PublishMsgAsync(m); err != nil {
+		return fmt.Errorf("store status of device %s: %w", st.Name, err)
+	}
+	return nil
+}
+
 // GetDevice returns a device's status.
 func (c *Client) GetDevice(ctx context.Context, name string) (*events.DeviceStatus, error) {
 	e, err := c.Devices.Get(ctx, events.Key(name))

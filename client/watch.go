@@ -114,4 +114,3 @@ func Logs(ctx context.Context, c *broker.Client, jobID string) (iter.Seq2[*event
 		}
 	}, nil
 }
-

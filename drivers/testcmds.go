@@ -274,7 +274,7 @@ func (s *session) runOne(ctx context.Context, name string, args ...string) (int,
 	case <-ctx.Done():
 		s.printf("\n*** test_cmds cancelled: %v; stopping their processes ***\n", context.Cause(ctx))
 		s.stopGroups()
-		werr = <-done
+		<-done
 		rc := 128 + int(syscall.SIGTERM)
 		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			rc = 128 + int(ws.Signal())

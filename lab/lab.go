@@ -174,4 +174,3 @@ func (l *Lab) Stop() {
 		l.Server = nil
 	}
 }
-

@@ -59,9 +59,10 @@ func (d *device) start(ctx context.Context) error {
 	return nil
 }
 
-// update changes the device's status with fn, stores it and, when its
-// state, health or job changed, announces it with a device_state event.
-func (d *device) update(ctx context.Context, detail string, fn func(*events.DeviceStatus)) {
+// update changes the device's status with fn, stores it (without waiting:
+// updates keep their order) and, when its state, health or job changed,
+// announces it with a device_state event.
+func (d *device) update(detail string, fn func(*events.DeviceStatus)) {
 	d.mu.Lock()
 	before := d.status
 	fn(&d.status)
@@ -73,7 +74,7 @@ func (d *device) update(ctx context.Context, detail string, fn func(*events.Devi
 	st := d.status
 	st.Queues = append([]string(nil), st.Queues...)
 	d.mu.Unlock()
-	if err := d.w.c.PutDevice(ctx, &st); err != nil {
+	if err := d.w.c.PutDeviceAsync(&st); err != nil {
 		d.log.Warn("device status not stored", "err", err)
 	}
 	if st.State != before.State || st.Health != before.Health || st.JobID != before.JobID {

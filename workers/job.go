@@ -220,10 +220,10 @@ func (r *jobRun) run() {
 	r.deadline = time.Now().Add(global)
 	r.dir = filepath.Join(d.w.cfg.RunDir, r.job.JobID)
 	r.env = d.cfg.Environ(os.Environ())
-	d.update(r.ctx, "running job "+r.job.JobID, func(s *events.DeviceStatus) {
+	r.emit(events.EventJobStart, "", "flinger status "+r.job.JobID, nil)
+	d.update("running job "+r.job.JobID, func(s *events.DeviceStatus) {
 		s.State, s.JobID, s.Phase = events.StateBusy, r.job.JobID, events.PhaseSetup
 	})
-	r.emit(events.EventJobStart, "", "flinger status "+r.job.JobID, nil)
 
 	endReason, outcome := events.EventNormalExit, events.OutcomePass
 	handBack := false
@@ -259,7 +259,9 @@ phases:
 			r.emit(events.PhaseSuccess(p), p, "skipped: "+reason, nil)
 			continue
 		}
-		r.setPhase(p)
+		if p != events.PhaseSetup { // the claim recorded setup
+			r.setPhase(p)
+		}
 		rc, err, cause := r.runPhase(p)
 		r.status[p] = rc
 		var cr *cancelRequest
@@ -356,7 +358,7 @@ func (r *jobRun) setPhase(p events.Phase) {
 	} else if err != nil {
 		r.log.Warn("job state not recorded", "phase", p, "err", err)
 	}
-	r.d.update(ctx, "", func(s *events.DeviceStatus) { s.Phase = p })
+	r.d.update("", func(s *events.DeviceStatus) { s.Phase = p })
 }
 
 // runPhase runs one phase with its limits and returns its exit status, its
@@ -546,7 +548,7 @@ func (r *jobRun) recoveryFailed(err error) {
 	if err != nil {
 		comment += ": " + err.Error()
 	}
-	r.d.update(context.Background(), comment, func(s *events.DeviceStatus) {
+	r.d.update(comment, func(s *events.DeviceStatus) {
 		s.State, s.Health, s.Comment = events.StateOffline, events.HealthBad, comment
 	})
 	r.log.Error("device taken offline", "reason", comment)
@@ -556,7 +558,7 @@ func (r *jobRun) recoveryFailed(err error) {
 func (r *jobRun) cleanup() {
 	p := events.PhaseCleanup
 	r.emit(events.PhaseStart(p), p, "", nil)
-	r.d.update(context.Background(), "", func(s *events.DeviceStatus) { s.Phase = p })
+	r.d.update("", func(s *events.DeviceStatus) { s.Phase = p })
 	rc, err, _ := r.runPhase(p)
 	r.status[p] = rc
 	if rc != 0 {
@@ -625,7 +627,7 @@ func (r *jobRun) release(outcome events.Outcome) {
 	if !r.d.w.cfg.KeepRunDirs && r.dir != "" {
 		_ = os.RemoveAll(r.dir)
 	}
-	r.d.update(context.Background(), "job "+r.job.JobID+" ended: "+string(outcome), func(s *events.DeviceStatus) {
+	r.d.update("job "+r.job.JobID+" ended: "+string(outcome), func(s *events.DeviceStatus) {
 		s.JobID, s.Phase = "", ""
 		if s.State == events.StateBusy {
 			s.State = events.StateIdle

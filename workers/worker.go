@@ -66,9 +66,9 @@ type Worker struct {
 	log     *slog.Logger
 	devices []*device
 
-	mu      sync.Mutex
-	idle    map[*device]bool
-	wake    map[string]chan struct{}
+	mu   sync.Mutex
+	idle map[*device]bool
+	wake map[string]chan struct{}
 	// leases holds each queue consumer's AckWait, the lease its jobs must renew.
 	leases map[string]time.Duration
 

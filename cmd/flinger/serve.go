@@ -196,4 +196,3 @@ func newOrchestratorCmd(g *globals) *cobra.Command {
 	f.Int32Var(&store.MaxJobBytes, "max-job-bytes", events.DefaultMaxJobBytes, "largest job accepted, in bytes")
 	return cmd
 }
-
