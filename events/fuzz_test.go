@@ -169,3 +169,21 @@ func FuzzDecodeDeviceStatus(f *testing.F) {
 func FuzzDecodeJob(f *testing.F) {
 	fuzzDecode[events.Job](f, sampleJob(events.ScriptCmds("echo")), sampleJob(events.ListCmds("a", "b")), &events.Job{JobQueue: "q"})
 }
+
+func FuzzDecodeLogChunk(f *testing.F) {
+	fuzzDecode[events.LogChunk](f, &events.LogChunk{JobID: uuid1, Phase: events.PhaseTest, Seq: 3,
+		Time: time.Unix(1700000000, 0), Data: []byte("line\n")})
+}
+
+func FuzzDecodeSubmitReply(f *testing.F) {
+	fuzzDecode[events.SubmitReply](f, &events.SubmitReply{JobID: uuid1, Queue: "q"},
+		&events.SubmitReply{JobID: uuid1, Error: "invalid job", Fields: []events.FieldError{{Field: "job_queue", Message: "required"}}})
+}
+
+func FuzzDecodeCtlRequest(f *testing.F) {
+	fuzzDecode[events.CtlRequest](f, &events.CtlRequest{JobID: uuid1, Comment: "stop"})
+}
+
+func FuzzDecodeCtlReply(f *testing.F) {
+	fuzzDecode[events.CtlReply](f, &events.CtlReply{State: events.JobCancelled}, &events.CtlReply{Error: "no such job"})
+}

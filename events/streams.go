@@ -68,10 +68,11 @@ func (s Subjects) Streams(o StoreOptions) []jetstream.StreamConfig {
 			Description: "Jobs submitted for intake",
 			Subjects:    []string{s.Submit()},
 			Retention:   jetstream.WorkQueuePolicy,
-			MaxMsgSize:  o.MaxJobBytes + 4096,
-			Duplicates:  2 * time.Minute,
-			Storage:     o.storage(),
-			Replicas:    o.Replicas,
+			// No size limit here: intake rejects an oversize job itself,
+			// answering the submitter and publishing a job_rejected event.
+			Duplicates: 2 * time.Minute,
+			Storage:    o.storage(),
+			Replicas:   o.Replicas,
 		},
 		{
 			Name:        s.QueueStream(),

@@ -488,3 +488,15 @@ func TestDeviceStateSurvivesRestart(t *testing.T) {
 		t.Errorf("status %q does not say the devices are out of service", st.Explain())
 	}
 }
+
+// TestExcludeAgents checks that a job never runs on a device it excludes.
+func TestExcludeAgents(t *testing.T) {
+	l := startLab(t, hostFile(t, "h1", "dev-1:ex", "dev-2:ex"), workers.Config{})
+	c := l.Client
+	for i := range 6 {
+		id := submit(t, c, "job_queue: ex\nexclude_agents: [dev-1]\ntest_data: {test_cmds: 'true'}\n")
+		if rec := waitEnd(t, c, id); rec.Device != "dev-2" || rec.Outcome != events.OutcomePass {
+			t.Errorf("job %d ran on %s (%s), want dev-2", i, rec.Device, rec.Outcome)
+		}
+	}
+}

@@ -38,6 +38,9 @@ func (c *cancelRequest) Error() string { return c.detail }
 const (
 	defaultGlobalTimeout = 4 * time.Hour
 	defaultOutputTimeout = 15 * time.Minute
+	// excludedRetry is how long a job that excludes the device that drew
+	// it waits before it is offered again.
+	excludedRetry = 2 * time.Second
 	// exitInternal is the status of a phase that could not be run at all (Testflinger's agent uses 100).
 	exitInternal = 100
 )
@@ -64,19 +67,13 @@ type jobRun struct {
 
 // runJob runs one job delivered from queue to this device, from claim to
 // acknowledgement, and returns the device to service afterwards.
-func (d *device) runJob(msg jetstream.Msg, queue string) {
+func (d *device) runJob(msg jetstream.Msg, job *events.Job, queue string) {
 	defer func() {
 		if d.state() == events.StateIdle && !isClosed(d.w.draining) {
 			d.w.setIdle(d)
 		}
 	}()
-	var job events.Job
-	if err := events.Decode(msg.Data(), &job); err != nil || job.JobID == "" || job.JobQueue == "" {
-		d.log.Error("dropping a queued message that is not a job", "queue", queue, "err", err)
-		_ = msg.TermWithReason("not a flinger job")
-		return
-	}
-	r := &jobRun{d: d, msg: msg, job: &job, queue: queue, log: d.log.With("job", job.JobID), status: map[events.Phase]int{}}
+	r := &jobRun{d: d, msg: msg, job: job, queue: queue, log: d.log.With("job", job.JobID), status: map[events.Phase]int{}}
 	r.ctx, r.cancel = context.WithCancelCause(context.Background())
 	defer r.cancel(nil)
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/flingerlab/flinger/broker"
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/events"
 )
 
 // Config configures a worker.
@@ -249,8 +250,20 @@ func (w *Worker) pull(ctx context.Context, q string, cons jetstream.Consumer) {
 			}
 			continue
 		}
-		d := w.take(q)
+		var job events.Job
+		if err := events.Decode(msg.Data(), &job); err != nil || job.JobID == "" || job.JobQueue == "" {
+			w.log.Error("dropping a queued message that is not a job", "queue", q, "err", err)
+			_ = msg.TermWithReason("not a flinger job")
+			continue
+		}
+		d := w.take(q, job.ExcludeAgents)
 		if d == nil {
+			if w.hasIdle(q) {
+				// Only devices the job excludes are idle here: leave it to
+				// other hosts' devices, and offer it again later.
+				_ = msg.NakWithDelay(excludedRetry)
+				continue
+			}
 			// Every device that served q took a job from another queue meanwhile.
 			_ = msg.Nak()
 			continue
@@ -258,7 +271,7 @@ func (w *Worker) pull(ctx context.Context, q string, cons jetstream.Consumer) {
 		w.jobs.Add(1)
 		go func() {
 			defer w.jobs.Done()
-			d.runJob(msg, q)
+			d.runJob(msg, &job, q)
 		}()
 	}
 }
@@ -274,14 +287,15 @@ func (w *Worker) hasIdle(q string) bool {
 	return false
 }
 
-// take removes and returns an idle device serving q, preferring the one
-// serving the fewest queues so that the others stay free for theirs.
-func (w *Worker) take(q string) *device {
+// take removes and returns an idle device serving q that is not in
+// exclude, preferring the one serving the fewest queues so that the others
+// stay free for theirs.
+func (w *Worker) take(q string, exclude []string) *device {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var best *device
 	for d := range w.idle {
-		if !slices.Contains(d.cfg.Queues, q) {
+		if !slices.Contains(d.cfg.Queues, q) || slices.Contains(exclude, d.cfg.Name) {
 			continue
 		}
 		if best == nil || len(d.cfg.Queues) < len(best.cfg.Queues) ||
