@@ -85,6 +85,37 @@ func (c *Client) UpdateJob(ctx context.Context, id string, fn func(*events.JobRe
 	}
 }
 
+// UpdateJobFrom is UpdateJob starting from a copy of the record the caller
+// holds at revision rev: when nobody else has changed the record since, it
+// costs one round trip instead of two. fn must not keep known.
+func (c *Client) UpdateJobFrom(ctx context.Context, id string, known *events.JobRecord, rev uint64, fn func(*events.JobRecord) error) (*events.JobRecord, uint64, error) {
+	if known != nil && rev > 0 {
+		data, err := events.Encode(known)
+		if err != nil {
+			return nil, 0, err
+		}
+		var rec events.JobRecord
+		if err := events.Decode(data, &rec); err != nil {
+			return nil, 0, err
+		}
+		if err := fn(&rec); err != nil {
+			return &rec, rev, err
+		}
+		rec.Type = events.JobRecordType
+		if data, err = events.Encode(&rec); err != nil {
+			return nil, 0, err
+		}
+		nrev, err := c.Jobs.Update(ctx, events.Key(id), data, rev)
+		if err == nil {
+			return &rec, nrev, nil
+		}
+		if !isWrongSequence(err) {
+			return nil, 0, fmt.Errorf("update job %s: %w", id, err)
+		}
+	}
+	return c.UpdateJob(ctx, id, fn)
+}
+
 func isWrongSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {

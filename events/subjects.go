@@ -17,6 +17,11 @@ const (
 	HeaderReplyTo = "Flinger-Reply-To"
 	// HeaderSubmitFormat on a submission says how the job is written: yaml, json or msgpack.
 	HeaderSubmitFormat = "Flinger-Format"
+	// HeaderRecordRevision on a queued job is the revision of its record
+	// when it was queued, so that a device can claim it in one round trip.
+	HeaderRecordRevision = "Flinger-Record-Revision"
+	// HeaderSubmittedAt on a queued job is when intake accepted it (RFC 3339).
+	HeaderSubmittedAt = "Flinger-Submitted-At"
 	// HeaderMsgID is JetStream's de-duplication header.
 	HeaderMsgID = "Nats-Msg-Id"
 )

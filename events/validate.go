@@ -208,7 +208,34 @@ func stringifyTimestamps(n *yaml.Node) {
 func yamlMessage(err error) string {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	msg = strings.TrimPrefix(msg, "unmarshal errors:\n  ")
-	return strings.ReplaceAll(msg, "\n  ", "; ")
+	return strings.ReplaceAll(fixYAMLLine(msg), "\n  ", "; ")
+}
+
+// yamlParserErrors are the yaml.v3 parser's (not scanner's) messages: it
+// reports their line counting from 0, and omits "line 0".
+var yamlParserErrors = []string{
+	"did not find expected key", "did not find expected node content", "did not find expected '-' indicator",
+	"did not find expected ',' or ']'", "did not find expected ',' or '}'", "did not find expected <document start>",
+}
+
+// fixYAMLLine makes the line number of a yaml.v3 parser error count from 1,
+// as its scanner errors and every editor do.
+func fixYAMLLine(msg string) string {
+	parser := false
+	for _, p := range yamlParserErrors {
+		if strings.Contains(msg, p) {
+			parser = true
+			break
+		}
+	}
+	if !parser {
+		return msg
+	}
+	var n int
+	if _, err := fmt.Sscanf(msg, "line %d:", &n); err == nil {
+		return fmt.Sprintf("line %d:", n+1) + strings.SplitN(msg, ":", 2)[1]
+	}
+	return "line 1: " + msg
 }
 
 func decodeJSON(data []byte) (any, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -92,7 +93,8 @@ func (o *Orchestrator) handleSubmission(ctx context.Context, m jetstream.Msg) {
 		job.JobID = uuid.NewString()
 	}
 	rec := &events.JobRecord{Job: *job, State: events.JobWaiting, SubmittedAt: time.Now().UTC()}
-	if _, err := o.c.CreateJob(ctx, rec); err != nil {
+	rev, err := o.c.CreateJob(ctx, rec)
+	if err != nil {
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			o.log.Error("intake: cannot record job; will retry", "job", job.JobID, "err", err)
 			_ = m.NakWithDelay(time.Second)
@@ -113,17 +115,22 @@ func (o *Orchestrator) handleSubmission(ctx context.Context, m jetstream.Msg) {
 			_ = m.Ack()
 			return
 		}
-		rec = existing
+		rec, rev = existing, 0
 	}
-	if err := o.route(ctx, &rec.Job); err != nil {
-		o.log.Error("intake: cannot queue job; will retry", "job", job.JobID, "err", err)
+	// job_submitted is stored before the job is queued, so that it comes
+	// before the device's events; its fixed id drops a repeat on a retry.
+	ev := events.NewEvent(events.EventJobSubmitted)
+	ev.ID = "submitted-" + job.JobID
+	ev.JobID, ev.Queue, ev.Detail = job.JobID, job.JobQueue, "queued on "+job.JobQueue
+	if err := o.c.PublishEventSync(ctx, ev); err != nil {
+		o.log.Error("intake: cannot announce job; will retry", "job", job.JobID, "err", err)
 		_ = m.NakWithDelay(time.Second)
 		return
 	}
-	ev := events.NewEvent(events.EventJobSubmitted)
-	ev.JobID, ev.Queue, ev.Detail = job.JobID, job.JobQueue, "queued on "+job.JobQueue
-	if err := o.c.PublishEvent(ev); err != nil {
-		o.log.Warn("intake: event not published", "job", job.JobID, "err", err)
+	if err := o.route(ctx, rec, rev); err != nil {
+		o.log.Error("intake: cannot queue job; will retry", "job", job.JobID, "err", err)
+		_ = m.NakWithDelay(time.Second)
+		return
 	}
 	o.reply(replyTo, &events.SubmitReply{JobID: job.JobID, Queue: job.JobQueue})
 	_ = m.Ack()
@@ -135,13 +142,19 @@ func sameJob(a, b *events.Job) bool {
 	return err1 == nil && err2 == nil && string(ea) == string(eb)
 }
 
-// route publishes an accepted job to its queue, de-duplicated on its id.
-func (o *Orchestrator) route(ctx context.Context, job *events.Job) error {
+// route publishes an accepted job to its queue, de-duplicated on its id,
+// with its record's revision (when known) so a device can claim it at once.
+func (o *Orchestrator) route(ctx context.Context, rec *events.JobRecord, rev uint64) error {
+	job := &rec.Job
 	msg, err := events.NewMsg(o.c.Subj.Queue(job.JobQueue), job)
 	if err != nil {
 		return err
 	}
 	msg.Header.Set(events.HeaderMsgID, job.JobID)
+	if rev > 0 {
+		msg.Header.Set(events.HeaderRecordRevision, strconv.FormatUint(rev, 10))
+		msg.Header.Set(events.HeaderSubmittedAt, rec.SubmittedAt.Format(time.RFC3339Nano))
+	}
 	if _, err := o.c.JS.PublishMsg(ctx, msg); err != nil {
 		return fmt.Errorf("queue %s: %w", job.JobQueue, err)
 	}

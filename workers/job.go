@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,10 @@ type jobRun struct {
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	draining atomic.Bool
+
+	// rec and rev are the job's record as this attempt last stored it.
+	rec *events.JobRecord
+	rev uint64
 
 	dir      string
 	env      []string
@@ -147,14 +152,15 @@ func (r *jobRun) claim() bool {
 		rec.Status, rec.DeviceInfo, rec.Outcome, rec.EndReason, rec.EndedAt = nil, nil, "", "", time.Time{}
 		return nil
 	}
-	rec, _, err := r.d.w.c.UpdateJob(ctx, r.job.JobID, update)
+	known, knownRev := r.queuedRecord()
+	rec, rev, err := r.d.w.c.UpdateJobFrom(ctx, r.job.JobID, known, knownRev, update)
 	if errors.Is(err, broker.ErrNoJob) {
 		// The record expired or was lost; the queued job is the truth.
 		_, cerr := r.d.w.c.CreateJob(ctx, &events.JobRecord{Job: *r.job, State: events.JobWaiting, SubmittedAt: time.Now().UTC()})
 		if cerr != nil && !errors.Is(cerr, jetstream.ErrKeyExists) {
 			err = cerr
 		} else {
-			rec, _, err = r.d.w.c.UpdateJob(ctx, r.job.JobID, update)
+			rec, rev, err = r.d.w.c.UpdateJob(ctx, r.job.JobID, update)
 		}
 	}
 	switch {
@@ -172,13 +178,47 @@ func (r *jobRun) claim() bool {
 		_ = r.msg.Ack()
 		return false
 	}
-	r.attempt = rec.Attempt
+	r.attempt, r.rec, r.rev = rec.Attempt, rec, rev
 	r.log = r.log.With("attempt", r.attempt)
 	if prevDevice != "" && prevState != events.JobWaiting {
 		r.emit(events.EventJobRequeued, "", fmt.Sprintf("attempt %d on %s stopped renewing its lease during %s; attempt %d starts on %s",
 			r.attempt-1, prevDevice, prevState, r.attempt, r.d.cfg.Name), nil)
 	}
 	return true
+}
+
+// queuedRecord rebuilds the record intake stored, from the queued message
+// and its headers, so that an uncontested claim is one compare-and-set.
+func (r *jobRun) queuedRecord() (*events.JobRecord, uint64) {
+	h := r.msg.Headers()
+	if h == nil {
+		return nil, 0
+	}
+	rev, err := strconv.ParseUint(h.Get(events.HeaderRecordRevision), 10, 64)
+	if err != nil {
+		return nil, 0
+	}
+	at, err := time.Parse(time.RFC3339Nano, h.Get(events.HeaderSubmittedAt))
+	if err != nil {
+		return nil, 0
+	}
+	return &events.JobRecord{Type: events.JobRecordType, Job: *r.job, State: events.JobWaiting, SubmittedAt: at}, rev
+}
+
+// updateRecord changes this attempt's job record with fn, refusing when
+// another attempt owns the job (errLeaseLost).
+func (r *jobRun) updateRecord(ctx context.Context, fn func(*events.JobRecord)) error {
+	rec, rev, err := r.d.w.c.UpdateJobFrom(ctx, r.job.JobID, r.rec, r.rev, func(rec *events.JobRecord) error {
+		if rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name {
+			return errLeaseLost
+		}
+		fn(rec)
+		return nil
+	})
+	if err == nil {
+		r.rec, r.rev = rec, rev
+	}
+	return err
 }
 
 // keepLease tells JetStream the job is in progress well within the lease,
@@ -343,13 +383,7 @@ func limit(job, device int, def time.Duration) time.Duration {
 func (r *jobRun) setPhase(p events.Phase) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, _, err := r.d.w.c.UpdateJob(ctx, r.job.JobID, func(rec *events.JobRecord) error {
-		if rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name {
-			return errLeaseLost
-		}
-		rec.State = events.JobState(p)
-		return nil
-	})
+	err := r.updateRecord(ctx, func(rec *events.JobRecord) { rec.State = events.JobState(p) })
 	if errors.Is(err, errLeaseLost) {
 		r.cancel(errLeaseLost)
 	} else if err != nil {
@@ -472,13 +506,7 @@ func (r *jobRun) setup(out *phaseOutput) error {
 func (r *jobRun) holdAllocated(ctx context.Context, out *phaseOutput, info map[string]any) error {
 	r.info = info
 	uctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, _, err := r.d.w.c.UpdateJob(uctx, r.job.JobID, func(rec *events.JobRecord) error {
-		if rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name {
-			return errLeaseLost
-		}
-		rec.State, rec.DeviceInfo = events.JobAllocated, info
-		return nil
-	})
+	err := r.updateRecord(uctx, func(rec *events.JobRecord) { rec.State, rec.DeviceInfo = events.JobAllocated, info })
 	cancel()
 	if errors.Is(err, errLeaseLost) {
 		r.cancel(errLeaseLost)
@@ -576,16 +604,12 @@ func (r *jobRun) finish(endReason string, outcome events.Outcome) {
 	if outcome == events.OutcomeCancelled {
 		state = events.JobCancelled
 	}
-	_, _, err := r.d.w.c.UpdateJob(ctx, r.job.JobID, func(rec *events.JobRecord) error {
-		if rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name {
-			return errLeaseLost
-		}
+	err := r.updateRecord(ctx, func(rec *events.JobRecord) {
 		rec.State, rec.Outcome, rec.EndReason, rec.EndedAt = state, outcome, endReason, time.Now().UTC()
 		rec.Status = r.status
 		if r.info != nil {
 			rec.DeviceInfo = r.info
 		}
-		return nil
 	})
 	if errors.Is(err, errLeaseLost) {
 		r.abandon()
@@ -639,13 +663,7 @@ func (r *jobRun) release(outcome events.Outcome) {
 func (r *jobRun) handBack() {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	_, _, err := r.d.w.c.UpdateJob(ctx, r.job.JobID, func(rec *events.JobRecord) error {
-		if rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name {
-			return errLeaseLost
-		}
-		rec.State, rec.Device, rec.Host = events.JobWaiting, "", ""
-		return nil
-	})
+	err := r.updateRecord(ctx, func(rec *events.JobRecord) { rec.State, rec.Device, rec.Host = events.JobWaiting, "", "" })
 	if err != nil && !errors.Is(err, errLeaseLost) {
 		r.log.Error("job record not reset for hand-back", "err", err)
 	}
