@@ -109,6 +109,25 @@ func StartEmbedded(opts ServerOptions) (*Embedded, error) {
 // ClientURL is the URL clients connect to.
 func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
 
+// Stats are a server's message counters since it started.
+type Stats struct {
+	// InMsgs counts messages clients published to the server.
+	InMsgs int64
+	// OutMsgs counts messages the server delivered to clients.
+	OutMsgs int64
+	// SlowConsumers counts clients the server cut off for not keeping up.
+	SlowConsumers int64
+}
+
+// Stats returns the server's message counters.
+func (e *Embedded) Stats() (Stats, error) {
+	v, err := e.srv.Varz(nil)
+	if err != nil {
+		return Stats{}, fmt.Errorf("embedded nats: %w", err)
+	}
+	return Stats{InMsgs: v.InMsgs, OutMsgs: v.OutMsgs, SlowConsumers: v.SlowConsumers}, nil
+}
+
 // Shutdown stops the server and waits for it.
 func (e *Embedded) Shutdown() {
 	e.srv.Shutdown()

@@ -312,8 +312,19 @@ func TestTokenAndKey(t *testing.T) {
 		}
 	}
 	s := events.MustSubjects("")
-	if got := s.Queue("rpi 4.b"); strings.Count(got, ".") != 2 {
+	if got := s.Queue("rpi 4.b"); strings.Count(got, ".") != 3 {
 		t.Errorf("Queue subject %q has extra tokens", got)
+	}
+	// A queue's subject lies in its partition's stream.
+	for _, q := range []string{"a", "rpi4b", "rpi4b-001", "maas x86", ""} {
+		p := events.QueuePartition(q)
+		if p < 0 || p >= events.QueuePartitions {
+			t.Fatalf("partition of %q is %d", q, p)
+		}
+		want := strings.TrimSuffix(s.Queues(p), ">")
+		if !strings.HasPrefix(s.Queue(q), want) || s.QueueStreamOf(q) != s.QueueStream(p) {
+			t.Errorf("queue %q: subject %s outside %s* or stream %s", q, s.Queue(q), want, s.QueueStreamOf(q))
+		}
 	}
 }
 

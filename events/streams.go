@@ -1,6 +1,7 @@
 package events
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,6 +29,8 @@ const (
 	DefaultMaxJobBytes = 1 << 20
 	// DuplicateWindow is how long a job id is remembered to drop a second submission of it.
 	DuplicateWindow = 10 * time.Minute
+	// MaxQueues is how many queues (one consumer each) a lab may have.
+	MaxQueues = 100_000
 )
 
 func (o StoreOptions) withDefaults() StoreOptions {
@@ -62,7 +65,7 @@ func (o StoreOptions) storage() jetstream.StorageType {
 // Streams returns the definitions of Flinger's streams.
 func (s Subjects) Streams(o StoreOptions) []jetstream.StreamConfig {
 	o = o.withDefaults()
-	return []jetstream.StreamConfig{
+	streams := []jetstream.StreamConfig{
 		{
 			Name:        s.SubmitStream(),
 			Description: "Jobs submitted for intake",
@@ -73,15 +76,6 @@ func (s Subjects) Streams(o StoreOptions) []jetstream.StreamConfig {
 			Duplicates: 2 * time.Minute,
 			Storage:    o.storage(),
 			Replicas:   o.Replicas,
-		},
-		{
-			Name:        s.QueueStream(),
-			Description: "Accepted jobs waiting for a device, one subject per queue",
-			Subjects:    []string{s.Queues()},
-			Retention:   jetstream.WorkQueuePolicy,
-			Duplicates:  DuplicateWindow,
-			Storage:     o.storage(),
-			Replicas:    o.Replicas,
 		},
 		{
 			Name:        s.EventStream(),
@@ -104,6 +98,22 @@ func (s Subjects) Streams(o StoreOptions) []jetstream.StreamConfig {
 			Replicas:    o.Replicas,
 		},
 	}
+	for p := range QueuePartitions {
+		streams = append(streams, jetstream.StreamConfig{
+			Name:        s.QueueStream(p),
+			Description: fmt.Sprintf("Accepted jobs waiting for a device: queues of partition %02d, one subject per queue", p),
+			Subjects:    []string{s.Queues(p)},
+			Retention:   jetstream.WorkQueuePolicy,
+			// One consumer per queue: lift the server's default of 1,000
+			// consumers per stream, since a lab often gives every device
+			// a queue of its own.
+			MaxConsumers: MaxQueues,
+			Duplicates:   DuplicateWindow,
+			Storage:      o.storage(),
+			Replicas:     o.Replicas,
+		})
+	}
+	return streams
 }
 
 // Buckets returns the definitions of Flinger's KV buckets.

@@ -3,6 +3,7 @@ package events
 import (
 	"encoding/base64"
 	"fmt"
+	"hash/fnv"
 	"regexp"
 	"strings"
 	"unicode"
@@ -89,11 +90,28 @@ func unsafeRune(r rune) bool {
 // Submit is where raw jobs are submitted for intake.
 func (s Subjects) Submit() string { return s.join("submit") }
 
-// Queue is the subject a queue's jobs wait on.
-func (s Subjects) Queue(queue string) string { return s.join("queue", Token(queue)) }
+// QueuePartitions is how many work-queue streams the queues are spread
+// over. Each queue has one consumer, and JetStream checks every consumer
+// of a work-queue stream on each acknowledgement, so a lab with thousands
+// of queues (one per device is common) keeps that check short by
+// partitioning. Changing it strands jobs queued under the old value.
+const QueuePartitions = 16
 
-// Queues matches every queue subject.
-func (s Subjects) Queues() string { return s.join("queue", ">") }
+// QueuePartition is the partition queue belongs to.
+func QueuePartition(queue string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(queue))
+	return int(h.Sum32() % QueuePartitions)
+}
+
+// Queue is the subject a queue's jobs wait on:
+// <prefix>.queue.<partition>.<queue>.
+func (s Subjects) Queue(queue string) string {
+	return s.join("queue", fmt.Sprintf("%02d", QueuePartition(queue)), Token(queue))
+}
+
+// Queues matches every queue subject of partition p.
+func (s Subjects) Queues(p int) string { return s.join("queue", fmt.Sprintf("%02d", p), ">") }
 
 // JobEvent is the subject of event name about job id.
 func (s Subjects) JobEvent(jobID, name string) string {
@@ -141,8 +159,11 @@ func (s Subjects) upper() string {
 // SubmitStream names the stream holding submissions.
 func (s Subjects) SubmitStream() string { return s.upper() + "_SUBMIT" }
 
-// QueueStream names the work-queue stream holding queued jobs.
-func (s Subjects) QueueStream() string { return s.upper() + "_QUEUES" }
+// QueueStream names the work-queue stream holding partition p's queued jobs.
+func (s Subjects) QueueStream(p int) string { return fmt.Sprintf("%s_QUEUES_%02d", s.upper(), p) }
+
+// QueueStreamOf names the work-queue stream holding queue's jobs.
+func (s Subjects) QueueStreamOf(queue string) string { return s.QueueStream(QueuePartition(queue)) }
 
 // EventStream names the stream holding events.
 func (s Subjects) EventStream() string { return s.upper() + "_EVENTS" }

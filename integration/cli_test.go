@@ -569,7 +569,11 @@ func TestCLI(t *testing.T) {
 	t.Run("streams and buckets", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), cliWait)
 		defer cancel()
-		for _, name := range []string{"FLINGER_SUBMIT", "FLINGER_QUEUES", "FLINGER_EVENTS", "FLINGER_LOGS"} {
+		streams := []string{"FLINGER_SUBMIT", "FLINGER_EVENTS", "FLINGER_LOGS"}
+		for p := range events.QueuePartitions {
+			streams = append(streams, fmt.Sprintf("FLINGER_QUEUES_%02d", p))
+		}
+		for _, name := range streams {
 			if _, err := js.Stream(ctx, name); err != nil {
 				t.Errorf("stream %s: %v", name, err)
 			}

@@ -16,7 +16,7 @@ import (
 )
 
 // intakeParallel is how many submissions one orchestrator handles at once.
-const intakeParallel = 8
+const intakeParallel = 64
 
 func (o *Orchestrator) intakeLoop(ctx context.Context, cons jetstream.Consumer) {
 	for ctx.Err() == nil {

@@ -199,7 +199,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // queueConsumer returns the durable pull consumer shared by every device
 // serving queue q, creating it when it does not exist yet.
 func (w *Worker) queueConsumer(ctx context.Context, q string) (jetstream.Consumer, error) {
-	stream, name := w.c.Subj.QueueStream(), w.c.Subj.QueueConsumer(q)
+	stream, name := w.c.Subj.QueueStreamOf(q), w.c.Subj.QueueConsumer(q)
 	cons, err := w.c.JS.Consumer(ctx, stream, name)
 	if err == nil {
 		return cons, nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -14,9 +15,11 @@ import (
 
 // globals are the flags every subcommand shares.
 type globals struct {
-	nats      broker.ConnOptions
-	logLevel  string
-	logFormat string
+	nats       broker.ConnOptions
+	logLevel   string
+	logFormat  string
+	cpuProfile string
+	stopProf   func()
 }
 
 func envOr(key, def string) string {
@@ -39,8 +42,12 @@ Submit and follow a job: flinger submit job.yaml --follow`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return g.setupLog()
+			if err := g.setupLog(); err != nil {
+				return err
+			}
+			return g.startProfile()
 		},
+		PersistentPostRun: func(*cobra.Command, []string) { g.stopProfile() },
 	}
 	f := root.PersistentFlags()
 	f.StringVar(&g.nats.URL, "nats", envOr("FLINGER_NATS", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated ($FLINGER_NATS)")
@@ -55,6 +62,8 @@ Submit and follow a job: flinger submit job.yaml --follow`,
 	f.StringVar(&g.nats.Prefix, "prefix", envOr("FLINGER_PREFIX", "flinger"), "prefix of every subject, stream and bucket ($FLINGER_PREFIX)")
 	f.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of this command to the file (for benchmarks)")
+	_ = f.MarkHidden("cpuprofile")
 
 	root.AddCommand(
 		newLabCmd(g), newWorkerCmd(g), newOrchestratorCmd(g),
@@ -80,6 +89,32 @@ func (g *globals) setupLog() error {
 	}
 	slog.SetDefault(slog.New(h))
 	return nil
+}
+
+func (g *globals) startProfile() error {
+	if g.cpuProfile == "" {
+		return nil
+	}
+	f, err := os.Create(g.cpuProfile)
+	if err != nil {
+		return fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("--cpuprofile: %w", err)
+	}
+	g.stopProf = func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+	return nil
+}
+
+func (g *globals) stopProfile() {
+	if g.stopProf != nil {
+		g.stopProf()
+		g.stopProf = nil
+	}
 }
 
 // connect dials NATS with the shared flags.
