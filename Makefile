@@ -46,9 +46,9 @@ fuzz:
 	  done; \
 	done
 
-## bench: the Go benchmarks (dispatch latency against raw JetStream).
-bench:
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./integration/
+## bench: the benchmark suite; writes bench/results.json and bench/report.md.
+bench: build
+	$(GO) run ./cmd/flinger-bench -flinger $(BIN)/flinger -out bench
 
 clean:
 	rm -rf $(BIN)
