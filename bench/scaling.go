@@ -45,7 +45,11 @@ func runScaling(ctx context.Context, env *Env) (*Result, error) {
 		}
 		w.stop()
 		s.stop()
-		r := row(fmt.Sprintf("%d devices (%d processes): jobs/s", pt.devices, pt.procs), "jobs/s", jps, "", nil, "", nil)
+		procs := fmt.Sprintf("%d worker processes", pt.procs)
+		if pt.procs == 1 {
+			procs = "1 worker process"
+		}
+		r := row(fmt.Sprintf("%d devices (%s): jobs/s", pt.devices, procs), "jobs/s", jps, "", nil, "", nil)
 		if i == 0 {
 			first = r.Value.Value
 		} else if first > 0 {

@@ -168,7 +168,7 @@ func (r *Report) Markdown() string {
 				base = fmt.Sprintf("%s: %s", row.BaselineName, fmtValue(*row.Baseline))
 			}
 			if row.Ratio != nil {
-				ratio = fmt.Sprintf("%.2f", *row.Ratio)
+				ratio = fmtNum(*row.Ratio)
 			}
 			if row.Met != nil {
 				met = "yes"
