@@ -7,7 +7,7 @@ GOBIN_DIR   := $(shell $(GO) env GOPATH)/bin
 PKGS        := ./...
 FUZZTIME    ?= 20s
 
-.PHONY: all build demo test test-short lint fmt vet staticcheck fuzz bench clean
+.PHONY: all build demo test test-deps test-short lint fmt vet staticcheck fuzz bench clean
 
 all: build
 
@@ -19,8 +19,16 @@ demo: build
 	./$(BIN)/flinger lab --demo --listen 127.0.0.1:0
 
 ## test: every test, with the race detector.
-test:
+test: test-deps
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+## test-deps: the OpenSSH server the SSH tests run against (Debian's package).
+test-deps:
+	@if [ ! -x /usr/sbin/sshd ] || [ ! -x /usr/lib/openssh/sftp-server ]; then \
+	  echo "installing openssh-server for the SSH tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends openssh-server openssh-sftp-server; \
+	fi
 
 test-short:
 	$(GO) test -count=1 -short $(PKGS)
