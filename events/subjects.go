@@ -148,6 +148,10 @@ func (s Subjects) AllLogs() string { return s.join("logs", ">") }
 // CancelSignal is where the orchestrator tells the worker running job id to stop it.
 func (s Subjects) CancelSignal(jobID string) string { return s.join("signal", "cancel", Token(jobID)) }
 
+// CancelSignals matches every job's cancel signal; the job's token is the
+// last one.
+func (s Subjects) CancelSignals() string { return s.join("signal", "cancel", "*") }
+
 // Ctl is the control service's request subject for verb, such as "cancel".
 func (s Subjects) Ctl(verb string) string { return s.join("ctl", verb) }
 

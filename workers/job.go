@@ -84,19 +84,9 @@ func (d *device) runJob(msg jetstream.Msg, job *events.Job, queue string) {
 
 	// Listen for cancellation before claiming, so a cancel sent between the
 	// claim and the first phase is not missed.
-	sub, err := d.w.c.NC.Subscribe(d.w.c.Subj.CancelSignal(job.JobID), func(m *nats.Msg) {
-		detail := strings.TrimSpace(string(m.Data))
-		if detail == "" {
-			detail = "cancelled on request"
-		}
-		r.cancel(&cancelRequest{detail: detail})
-	})
-	if err != nil {
-		r.log.Error("cannot listen for cancellation; job left for another try", "err", err)
-		_ = msg.NakWithDelay(time.Second)
-		return
-	}
-	defer func() { _ = sub.Unsubscribe() }()
+	token := events.Token(job.JobID)
+	d.w.running.Store(token, r)
+	defer d.w.running.CompareAndDelete(token, r)
 
 	if !r.claim() {
 		return

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,6 +73,9 @@ type Worker struct {
 	wake map[string]chan struct{}
 	// leases holds each queue consumer's AckWait, the lease its jobs must renew.
 	leases map[string]time.Duration
+	// running maps the subject token of each job being run to its run, for
+	// cancel signals (one subscription per worker, not one per job).
+	running sync.Map
 
 	draining chan struct{}
 	jobs     sync.WaitGroup
@@ -157,6 +161,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		consumers[q] = cons
 		w.leases[q] = cons.CachedInfo().Config.AckWait
+	}
+	cancelSub, err := w.c.NC.Subscribe(w.c.Subj.CancelSignals(), w.onCancel)
+	if err != nil {
+		return fmt.Errorf("worker: listen for cancel signals: %w", err)
+	}
+	defer func() { _ = cancelSub.Unsubscribe() }()
+	if err := w.c.NC.FlushWithContext(setupCtx); err != nil {
+		return fmt.Errorf("worker: %w", err)
 	}
 	for _, d := range w.devices {
 		if err := d.start(setupCtx); err != nil {
@@ -274,6 +286,20 @@ func (w *Worker) pull(ctx context.Context, q string, cons jetstream.Consumer) {
 			d.runJob(msg, &job, q)
 		}()
 	}
+}
+
+// onCancel stops the job a cancel signal names, if this worker runs it.
+func (w *Worker) onCancel(m *nats.Msg) {
+	token := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	v, ok := w.running.Load(token)
+	if !ok {
+		return
+	}
+	detail := strings.TrimSpace(string(m.Data))
+	if detail == "" {
+		detail = "cancelled on request"
+	}
+	v.(*jobRun).cancel(&cancelRequest{detail: detail})
 }
 
 func (w *Worker) hasIdle(q string) bool {
