@@ -26,49 +26,23 @@ type WatchOptions struct {
 // An event that cannot be decoded is yielded as an error and watching goes on.
 func Watch(ctx context.Context, c *broker.Client, o WatchOptions) (iter.Seq2[*events.Event, error], error) {
 	filter := c.Subj.Events()
-	switch {
-	case o.JobID != "":
+	if o.JobID != "" {
 		filter = c.Subj.JobEvents(o.JobID)
 	}
 	policy := jetstream.DeliverNewPolicy
 	if o.FromStart || o.JobID != "" {
 		policy = jetstream.DeliverAllPolicy
 	}
-	cons, err := c.JS.OrderedConsumer(ctx, c.Subj.EventStream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{filter},
-		DeliverPolicy:  policy,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("watch events: %w", err)
+	seq, err := consume[events.Event](ctx, c, c.Subj.EventStream(), filter, policy, 512, "watch events")
+	if err != nil || o.Device == "" {
+		return seq, err
 	}
 	return func(yield func(*events.Event, error) bool) {
-		it, err := cons.Messages(jetstream.PullMaxMessages(512))
-		if err != nil {
-			yield(nil, fmt.Errorf("watch events: %w", err))
-			return
-		}
-		defer it.Stop()
-		stop := context.AfterFunc(ctx, it.Stop)
-		defer stop()
-		for {
-			m, err := it.Next()
-			if err != nil {
-				if ctx.Err() == nil && !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					yield(nil, fmt.Errorf("watch events: %w", err))
-				}
-				return
-			}
-			var ev events.Event
-			if err := events.Decode(m.Data(), &ev); err != nil {
-				if !yield(nil, fmt.Errorf("event on %s: %w", m.Subject(), err)) {
-					return
-				}
+		for ev, err := range seq {
+			if err == nil && ev.Device != o.Device {
 				continue
 			}
-			if o.Device != "" && ev.Device != o.Device {
-				continue
-			}
-			if !yield(&ev, nil) {
+			if !yield(ev, err) {
 				return
 			}
 		}
@@ -77,17 +51,24 @@ func Watch(ctx context.Context, c *broker.Client, o WatchOptions) (iter.Seq2[*ev
 
 // Logs yields a job's output chunks in order, from the first, until ctx is done.
 func Logs(ctx context.Context, c *broker.Client, jobID string) (iter.Seq2[*events.LogChunk, error], error) {
-	cons, err := c.JS.OrderedConsumer(ctx, c.Subj.LogStream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{c.Subj.Logs(jobID)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	return consume[events.LogChunk](ctx, c, c.Subj.LogStream(), c.Subj.Logs(jobID), jetstream.DeliverAllPolicy, 256, "job output")
+}
+
+// consume yields the messages of stream under filter, decoded as T, in
+// order, through an ordered consumer, until ctx is done. A message that
+// cannot be decoded is yielded as an error and consuming goes on.
+func consume[T any](ctx context.Context, c *broker.Client, stream, filter string, policy jetstream.DeliverPolicy, batch int, what string) (iter.Seq2[*T, error], error) {
+	cons, err := c.JS.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{filter},
+		DeliverPolicy:  policy,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("job output: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	return func(yield func(*events.LogChunk, error) bool) {
-		it, err := cons.Messages(jetstream.PullMaxMessages(256))
+	return func(yield func(*T, error) bool) {
+		it, err := cons.Messages(jetstream.PullMaxMessages(batch))
 		if err != nil {
-			yield(nil, fmt.Errorf("job output: %w", err))
+			yield(nil, fmt.Errorf("%s: %w", what, err))
 			return
 		}
 		defer it.Stop()
@@ -97,18 +78,18 @@ func Logs(ctx context.Context, c *broker.Client, jobID string) (iter.Seq2[*event
 			m, err := it.Next()
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					yield(nil, fmt.Errorf("job output: %w", err))
+					yield(nil, fmt.Errorf("%s: %w", what, err))
 				}
 				return
 			}
-			var chunk events.LogChunk
-			if err := events.Decode(m.Data(), &chunk); err != nil {
-				if !yield(nil, fmt.Errorf("output on %s: %w", m.Subject(), err)) {
+			v := new(T)
+			if err := events.Decode(m.Data(), v); err != nil {
+				if !yield(nil, fmt.Errorf("%s on %s: %w", what, m.Subject(), err)) {
 					return
 				}
 				continue
 			}
-			if !yield(&chunk, nil) {
+			if !yield(v, nil) {
 				return
 			}
 		}

@@ -186,36 +186,44 @@ func waitEvent(t testing.TB, c *broker.Client, id, name string) *events.Event {
 	return nil
 }
 
-// jobEvents returns every stored event of job id, in order.
-func jobEvents(t testing.TB, c *broker.Client, id string) []*events.Event {
+// readStream returns every message stored in stream under filter, in order.
+func readStream(t testing.TB, c *broker.Client, stream, filter string) []jetstream.Msg {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	cons, err := c.JS.OrderedConsumer(ctx, c.Subj.EventStream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{c.Subj.JobEvents(id)},
-	})
+	cons, err := c.JS.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
 	if err != nil {
-		t.Fatalf("events: %v", err)
+		t.Fatalf("read %s: %v", stream, err)
 	}
-	var out []*events.Event
+	var out []jetstream.Msg
 	for {
 		batch, err := cons.FetchNoWait(1000)
 		if err != nil {
-			t.Fatalf("events: %v", err)
+			t.Fatalf("read %s: %v", stream, err)
 		}
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			var ev events.Event
-			if err := events.Decode(m.Data(), &ev); err != nil {
-				t.Fatalf("event: %v", err)
-			}
-			out = append(out, &ev)
+			out = append(out, m)
 		}
 		if n == 0 {
 			return out
 		}
 	}
+}
+
+// jobEvents returns every stored event of job id, in order.
+func jobEvents(t testing.TB, c *broker.Client, id string) []*events.Event {
+	t.Helper()
+	var out []*events.Event
+	for _, m := range readStream(t, c, c.Subj.EventStream(), c.Subj.JobEvents(id)) {
+		var ev events.Event
+		if err := events.Decode(m.Data(), &ev); err != nil {
+			t.Fatalf("event: %v", err)
+		}
+		out = append(out, &ev)
+	}
+	return out
 }
 
 func names(evs []*events.Event) []string {
@@ -229,33 +237,15 @@ func names(evs []*events.Event) []string {
 // output returns all of job id's output so far.
 func output(t testing.TB, c *broker.Client, id string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	cons, err := c.JS.OrderedConsumer(ctx, c.Subj.LogStream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{c.Subj.Logs(id)},
-	})
-	if err != nil {
-		t.Fatalf("logs: %v", err)
-	}
 	var b strings.Builder
-	for {
-		batch, err := cons.FetchNoWait(1000)
-		if err != nil {
-			t.Fatalf("logs: %v", err)
+	for _, m := range readStream(t, c, c.Subj.LogStream(), c.Subj.Logs(id)) {
+		var ch events.LogChunk
+		if err := events.Decode(m.Data(), &ch); err != nil {
+			t.Fatalf("log chunk: %v", err)
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var ch events.LogChunk
-			if err := events.Decode(m.Data(), &ch); err != nil {
-				t.Fatalf("log chunk: %v", err)
-			}
-			b.Write(ch.Data)
-		}
-		if n == 0 {
-			return b.String()
-		}
+		b.Write(ch.Data)
 	}
+	return b.String()
 }
 
 // eventually polls cond until it holds or waitLong passes.
