@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/flingerlab/flinger/drivers/sshkeys"
+	"github.com/flingerlab/flinger/drivers/sshx"
 	"github.com/flingerlab/flinger/events"
 )
 
@@ -98,16 +100,31 @@ func (Base) Allocate(ctx context.Context, run *Run) (map[string]any, error) {
 	return info, nil
 }
 
-// Reserve prints the access instructions Testflinger prints for a
-// reservation: the ssh command (ssh <test_username|ubuntu>@<device_ip>),
-// the serial console when serial_host and serial_port are configured, the
-// ssh keys of reserve_data, the length and expiry of the reservation, and
-// how to end it early (flinger cancel <job_id>). It returns at once: the
-// worker holds the device for the reservation's length.
+// Reservation defaults.
+const (
+	// DefaultReserveSSHTimeout bounds how long Reserve waits for the device
+	// to accept an SSH login to install the reservation's keys (Testflinger
+	// tries ssh-copy-id 10 times, 60 s apart). The device key
+	// reserve_ssh_timeout overrides it.
+	DefaultReserveSSHTimeout = 10 * time.Minute
+	// reserveSSHInterval is how often Reserve tries to log in meanwhile.
+	reserveSSHInterval = 10 * time.Second
+)
+
+// Reserve gives the job's users access to the device, as Testflinger's
+// DefaultDevice.reserve: it fetches the public keys of every
+// reserve_data.ssh_keys entry (lp:<user>, gh:<user>) from the key servers
+// of the host's SSH settings, logs in to the device as test_username
+// (default ubuntu) and adds them to its authorized_keys, then prints the
+// access instructions (see ReservationNotice). It returns then: the worker
+// holds the device for the reservation's length.
 //
-// It does not install the ssh keys on the device yet (Testflinger runs
-// ssh-import-id and ssh-copy-id for each key): key installation belongs to
-// a later change, and until then the keys are only listed.
+// Every entry is checked before anything is fetched: a malformed one, a
+// user the key server does not know and a device that does not accept a
+// login within reserve_ssh_timeout (default DefaultReserveSSHTimeout) fail
+// the phase, naming the entry or the device; none of them is a recovery
+// failure. With no ssh_keys, nothing is installed and the device is not
+// contacted.
 func (Base) Reserve(ctx context.Context, run *Run) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("reserve: %w", err)
@@ -115,11 +132,102 @@ func (Base) Reserve(ctx context.Context, run *Run) error {
 	if run.Job == nil || run.Device == nil {
 		return errors.New("reserve: no job or no device configuration")
 	}
-	out := outOf(run)
-	user := DefaultTestUsername
-	if td := run.Job.TestData; td != nil && td.TestUsername != "" {
-		user = td.TestUsername
+	var keys []string
+	if rd := run.Job.ReserveData; rd != nil {
+		keys = rd.SSHKeys
 	}
+	if len(keys) > 0 {
+		if err := InstallReserveKeys(ctx, run); err != nil {
+			return err
+		}
+	}
+	return writeNotice(run, "")
+}
+
+// InstallReserveKeys fetches the keys of reserve_data.ssh_keys and installs
+// them on the device, as Reserve does, printing what it does to run.Out.
+func InstallReserveKeys(ctx context.Context, run *Run) error {
+	if run.Job == nil || run.Device == nil {
+		return errors.New("reserve: no job or no device configuration")
+	}
+	var ids []string
+	if rd := run.Job.ReserveData; rd != nil {
+		ids = rd.SSHKeys
+	}
+	for i, id := range ids {
+		if _, _, err := sshkeys.ParseID(id); err != nil {
+			return fmt.Errorf("reserve: reserve_data.ssh_keys[%d]: %w", i, err)
+		}
+	}
+	dev := run.Device
+	timeout, err := dev.Raw.Duration("reserve_ssh_timeout", DefaultReserveSSHTimeout)
+	if err != nil {
+		return fmt.Errorf("reserve: device %s: %w", printable(dev.Name), err)
+	}
+	if timeout <= 0 {
+		timeout = DefaultReserveSSHTimeout
+	}
+	settings := dev.SSHSettings()
+	cfg, err := settings.DeviceConfig(dev, run.Job, run.Logger())
+	if err != nil {
+		return fmt.Errorf("reserve: %w", err)
+	}
+	out := outOf(run)
+	fetcher := settings.Fetcher(run.Logger())
+	var lines []string
+	for _, id := range ids {
+		fmt.Fprintf(out, "Importing the ssh keys of %s\n", id)
+		got, err := fetcher.Fetch(ctx, id)
+		if err != nil {
+			if errors.Is(err, sshkeys.ErrUserNotFound) {
+				return fmt.Errorf("reserve: ssh key %s: the key server does not know this user: %w", id, err)
+			}
+			return fmt.Errorf("reserve: ssh key %s: %w", id, err)
+		}
+		lines = append(lines, got...)
+	}
+
+	fmt.Fprintf(out, "Installing %d ssh keys for %s@%s\n", len(lines), printable(cfg.User), cfg.Addr)
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := sshx.WaitForSSH(wctx, cfg, dev.Name, reserveSSHInterval)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("reserve: %w", err)
+		}
+		return fmt.Errorf("reserve: installing the ssh keys: device %s did not accept a login as %s within %s: %w",
+			printable(dev.Name), printable(cfg.User), timeout, err)
+	}
+	defer c.Close()
+	var opts []sshx.InstallOption
+	if settings.AuthorizedKeysHome != "" {
+		opts = append(opts, sshx.WithHome(settings.AuthorizedKeysHome))
+	}
+	added, err := sshx.InstallAuthorizedKeys(ctx, c, lines, opts...)
+	if err != nil {
+		return fmt.Errorf("reserve: installing the ssh keys on %s: %w", printable(dev.Name), err)
+	}
+	fmt.Fprintf(out, "Installed %d ssh keys (%d already present)\n", added, len(lines)-added)
+	return nil
+}
+
+// writeNotice writes ReservationNotice to run.Out.
+func writeNotice(run *Run, keysNote string) error {
+	if _, err := io.WriteString(outOf(run), ReservationNotice(run, keysNote)); err != nil {
+		return fmt.Errorf("reserve: writing output: %w", err)
+	}
+	return nil
+}
+
+// ReservationNotice returns the access instructions Testflinger prints for
+// a reservation: the ssh command (ssh [-p <ssh_port>]
+// <test_username|ubuntu>@<device_ip>), the serial console when serial_host
+// and serial_port are configured, the ssh keys of reserve_data (followed
+// by keysNote, when not empty), the length and expiry of the reservation,
+// and how to end it early (flinger cancel <job_id>). run.Job and
+// run.Device must not be nil.
+func ReservationNotice(run *Run, keysNote string) string {
+	user, _ := TestCredentials(run.Job)
 	timeout := events.DefaultReserveTimeout
 	var keys []string
 	if rd := run.Job.ReserveData; rd != nil {
@@ -133,6 +241,10 @@ func (Base) Reserve(ctx context.Context, run *Run) error {
 	if ip == "" {
 		ip = "<device_ip not configured>"
 	}
+	port := ""
+	if dev.SSHPort != 0 && dev.SSHPort != 22 {
+		port = fmt.Sprintf("-p %d ", dev.SSHPort)
+	}
 	jobID := run.Job.JobID
 	if jobID == "" {
 		jobID = "<job_id>"
@@ -142,7 +254,7 @@ func (Base) Reserve(ctx context.Context, run *Run) error {
 	var b strings.Builder
 	b.WriteString("*** TESTFLINGER SYSTEM RESERVED ***\n")
 	fmt.Fprintf(&b, "You can now connect to %s@%s\n", printable(user), printable(ip))
-	fmt.Fprintf(&b, "  ssh %s@%s\n", printable(user), printable(ip))
+	fmt.Fprintf(&b, "  ssh %s%s@%s\n", port, printable(user), printable(ip))
 	if dev.SerialHost != "" && dev.SerialPort != 0 {
 		fmt.Fprintf(&b, "Serial access is available via: telnet %s %d\n", printable(dev.SerialHost), dev.SerialPort)
 	}
@@ -152,17 +264,15 @@ func (Base) Reserve(ctx context.Context, run *Run) error {
 			quoted[i] = printable(k)
 		}
 		fmt.Fprintf(&b, "SSH keys for this reservation: %s\n", strings.Join(quoted, ", "))
-		b.WriteString("(this version does not install them on the device: log in with keys the image already accepts)\n")
+		if keysNote != "" {
+			b.WriteString(keysNote + "\n")
+		}
 	}
 	fmt.Fprintf(&b, "Current time:           [%s]\n", now.Format(time.RFC3339))
 	fmt.Fprintf(&b, "Reservation expires at: [%s]\n", now.Add(timeout).Format(time.RFC3339))
 	fmt.Fprintf(&b, "Reservation will automatically timeout in %d seconds\n", int(timeout/time.Second))
 	fmt.Fprintf(&b, "To end the reservation sooner use: flinger cancel %s\n", printable(jobID))
-	_, err := io.WriteString(out, b.String())
-	if err != nil {
-		return fmt.Errorf("reserve: writing output: %w", err)
-	}
-	return nil
+	return b.String()
 }
 
 // Cleanup does nothing, as Testflinger's default cleanup.

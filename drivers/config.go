@@ -49,6 +49,12 @@ type DeviceConfig struct {
 	// OutputTimeout is output_timeout: the device's maximum for a job's
 	// output timeout, in seconds (0: default).
 	OutputTimeout int
+	// SSHPort is ssh_port: the port of the device's SSH server (0: 22).
+	SSHPort int
+	// SSH are the host's SSH settings (the host file's ssh section),
+	// shared by its devices; nil for a configuration that did not come
+	// from a host file (SSHSettings then gives the defaults).
+	SSH *SSHSettings
 	// Raw holds every key of the device's entry as given, so that each
 	// driver reads its own keys with the events.Data accessors.
 	Raw events.Data
@@ -61,6 +67,10 @@ type HostConfig struct {
 	Host string
 	// RunDir is run_dir: where job run directories go ("": the caller decides).
 	RunDir string
+	// SSH is ssh: how the worker reaches its devices over SSH (host_keys,
+	// key_file, key_servers). Never nil after ParseHost; every device's
+	// DeviceConfig.SSH points at it.
+	SSH *SSHSettings
 	// Devices is devices: at least one device.
 	Devices []*DeviceConfig
 }
@@ -76,7 +86,7 @@ func LoadHost(path string) (*HostConfig, error) {
 
 // hostKeys are the top-level keys of a host file. Other top-level keys are
 // ignored, so that a single-machine lab file can carry other sections.
-var hostKeys = []string{"host", "run_dir", "devices"}
+var hostKeys = []string{"host", "run_dir", "ssh", "devices"}
 
 // ParseHost parses and validates a host file given as YAML; source names
 // it in errors. Every problem found is reported, each naming the file, the
@@ -116,6 +126,11 @@ func ParseHost(data []byte, source string) (*HostConfig, error) {
 			fail("run_dir: %v", err)
 		}
 	}
+	var sshErrs []error
+	hc.SSH, sshErrs = parseSSH(top["ssh"], hc.RunDir)
+	for _, e := range sshErrs {
+		fail("%v", e)
+	}
 	if hc.Host == "" {
 		if hc.Host, err = os.Hostname(); err != nil {
 			fail("host: not given and the hostname is unknown: %v", err)
@@ -149,6 +164,7 @@ func ParseHost(data []byte, source string) (*HostConfig, error) {
 					seen[dc.Name] = i
 				}
 			}
+			dc.SSH = hc.SSH
 			hc.Devices = append(hc.Devices, dc)
 		}
 	}
@@ -247,6 +263,12 @@ func parseDevice(n *yaml.Node) (*DeviceConfig, []error) {
 		add(err)
 	} else if dc.SerialPort < 0 || dc.SerialPort > 65535 {
 		add(fmt.Errorf("serial_port: %d out of range (1-65535)", dc.SerialPort))
+	}
+	if dc.SSHPort, err = d.Int("ssh_port", 0); err != nil {
+		add(err)
+	} else if dc.SSHPort < 0 || dc.SSHPort > 65535 {
+		add(fmt.Errorf("ssh_port: %d out of range (1-65535)", dc.SSHPort))
+		dc.SSHPort = 0
 	}
 	if dc.SerialPort != 0 && dc.SerialHost == "" {
 		add(errors.New("serial_port: given without serial_host"))

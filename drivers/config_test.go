@@ -43,6 +43,11 @@ devices:
 			},
 		}},
 	}
+	// Without an ssh section: the defaults, shared by every device.
+	if hc.SSH == nil || hc.SSH.HostKeys != drivers.HostKeysTOFU || hc.Devices[0].SSH != hc.SSH {
+		t.Errorf("SSH = %+v (device: %p), want the TOFU defaults shared with the device", hc.SSH, hc.Devices[0].SSH)
+	}
+	want.SSH, want.Devices[0].SSH = hc.SSH, hc.SSH
 	if !reflect.DeepEqual(hc, want) {
 		t.Errorf("ParseHost =\n%#v\nwant\n%#v", hc.Devices[0], want.Devices[0])
 	}
@@ -158,7 +163,7 @@ func TestParseHostErrors(t *testing.T) {
 	}{
 		{"invalid yaml", "devices: [", []string{"lab.yaml: yaml: "}},
 		{"empty file", "", []string{"lab.yaml: devices: required"}},
-		{"not a mapping", "- a\n", []string{"lab.yaml: must be a mapping with keys host, run_dir, devices, got a list"}},
+		{"not a mapping", "- a\n", []string{"lab.yaml: must be a mapping with keys host, run_dir, ssh, devices, got a list"}},
 		{"no devices", "host: h\n", []string{"lab.yaml: devices: required"}},
 		{"empty devices", "devices: []\n", []string{"lab.yaml: devices: required"}},
 		{"devices not a list", "devices: {a: 1}\n", []string{"lab.yaml: devices: must be a list of devices, got a mapping"}},

@@ -6,4 +6,6 @@ package all
 import (
 	// fake_connector (alias fake).
 	_ "github.com/flingerlab/flinger/drivers/fake"
+	// noprovision.
+	_ "github.com/flingerlab/flinger/drivers/noprovision"
 )

@@ -260,6 +260,23 @@ func (d *Driver) FirmwareUpdate(ctx context.Context, run *drivers.Run) error {
 	return nil
 }
 
+// Reserve prints the access instructions of drivers.ReservationNotice
+// without reaching the device: a fake device has no SSH server, so the
+// keys of reserve_data.ssh_keys are listed, not installed.
+func (d *Driver) Reserve(ctx context.Context, run *drivers.Run) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("fake reserve: %w", err)
+	}
+	if run.Job == nil || run.Device == nil {
+		return errors.New("fake reserve: no job or no device configuration")
+	}
+	notice := drivers.ReservationNotice(run, "(a fake device: the keys are not installed anywhere)")
+	if _, err := io.WriteString(out(run), notice); err != nil {
+		return fmt.Errorf("fake reserve: writing output: %w", err)
+	}
+	return nil
+}
+
 // Cleanup succeeds, unless provision_data.fail is cleanup.
 func (d *Driver) Cleanup(ctx context.Context, run *drivers.Run) error {
 	if err := ctx.Err(); err != nil {

@@ -203,3 +203,20 @@ func checkErr(t *testing.T, what string, err error, want string) {
 		t.Errorf("%s = %v: a recovery failure, want an ordinary failure", what, err)
 	}
 }
+
+func TestReserveListsKeysWithoutNetwork(t *testing.T) {
+	d, err := fake.New(&drivers.DeviceConfig{Name: "f-1", Type: fake.Type, DeviceIP: "192.0.2.9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := &events.Job{JobID: "j-f", ReserveData: &events.ReserveData{SSHKeys: []string{"lp:someone", "gh:other"}, Timeout: 60}}
+	run, out := drivertest.NewRun(t, &drivers.DeviceConfig{Name: "f-1", Type: fake.Type, DeviceIP: "192.0.2.9"}, job)
+	if err := d.Reserve(t.Context(), run); err != nil {
+		t.Fatalf("Reserve: %v", err)
+	}
+	for _, s := range []string{"*** TESTFLINGER SYSTEM RESERVED ***", "SSH keys for this reservation: lp:someone, gh:other", "keys are not installed", "flinger cancel j-f"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("output lacks %q:\n%s", s, out)
+		}
+	}
+}
