@@ -143,26 +143,12 @@ func submit(t testing.TB, c *broker.Client, job string) string {
 // waitEnd waits for job id's job_end event and returns its final record.
 func waitEnd(t testing.TB, c *broker.Client, id string) *events.JobRecord {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	seq, err := client.Watch(ctx, c, client.WatchOptions{JobID: id})
+	waitEvent(t, c, id, events.EventJobEnd)
+	rec, _, err := c.GetJob(context.Background(), id)
 	if err != nil {
-		t.Fatalf("watch: %v", err)
+		t.Fatalf("job record: %v", err)
 	}
-	for ev, err := range seq {
-		if err != nil {
-			t.Fatalf("watch: %v", err)
-		}
-		if ev.Name == events.EventJobEnd {
-			rec, _, err := c.GetJob(context.Background(), id)
-			if err != nil {
-				t.Fatalf("job record: %v", err)
-			}
-			return rec
-		}
-	}
-	t.Fatalf("job %s did not end within %s", id, waitLong)
-	return nil
+	return rec
 }
 
 // waitEvent waits for an event named name about job id and returns it.
