@@ -89,7 +89,7 @@ func (d *DUT) exec(ctx context.Context, ch ssh.Channel, command string, gen uint
 	d.log.Info("sim: exec", "command", line)
 
 	var after func(uint64)
-	code := d.run(ctx, ch, line, &after)
+	code := d.runLine(ctx, ch, ch, ch.Stderr(), line, &after, 0)
 	if cause := context.Cause(ctx); ctx.Err() != nil {
 		var sig *errSignal
 		if errors.As(cause, &sig) {
@@ -107,98 +107,6 @@ func (d *DUT) exec(ctx context.Context, ch ssh.Channel, command string, gen uint
 	if after != nil {
 		after(gen)
 	}
-}
-
-// run runs one command line and returns its exit status; after is set to
-// what must happen once the status was sent (a reboot).
-func (d *DUT) run(ctx context.Context, ch ssh.Channel, line string, after *func(uint64)) int {
-	stdout, stderr := io.Writer(ch), ch.Stderr()
-	argv, err := Split(line)
-	if err != nil {
-		fmt.Fprintf(stderr, "sh: %v\n", err)
-		return 2
-	}
-	if len(argv) == 0 {
-		return 0
-	}
-	if argv[0] == "sudo" && len(argv) > 1 {
-		argv = argv[1:]
-	}
-	d.mu.Lock()
-	osRelease, model := d.osRelease, d.model
-	d.mu.Unlock()
-	name, args := argv[0], argv[1:]
-	switch name {
-	case "true", "/bin/true", "/usr/bin/true", ":":
-		return 0
-	case "false", "/bin/false", "/usr/bin/false":
-		return 1
-	case "echo", "/bin/echo":
-		nl := "\n"
-		if len(args) > 0 && args[0] == "-n" {
-			args, nl = args[1:], ""
-		}
-		fmt.Fprint(stdout, strings.Join(args, " ")+nl)
-		return 0
-	case "cat", "/bin/cat":
-		code := 0
-		for _, a := range args {
-			if a == "/etc/os-release" || a == "/usr/lib/os-release" {
-				fmt.Fprint(stdout, osRelease)
-				continue
-			}
-			fmt.Fprintf(stderr, "cat: %s: No such file or directory\n", a)
-			code = 1
-		}
-		return code
-	case "snap":
-		if len(args) != 1 || args[0] != "model" {
-			fmt.Fprintf(stderr, "error: unknown command %q, see 'snap help'.\n", strings.Join(args, " "))
-			return 1
-		}
-		if model == "" {
-			fmt.Fprintln(stderr, "error: device not ready yet (no assertions found)")
-			return 1
-		}
-		fmt.Fprintf(stdout, "brand-id: canonical\nmodel: %s\nserial: %s\n", model, d.name)
-		return 0
-	case "uname":
-		return d.uname(stdout, stderr, args)
-	case "hostname":
-		fmt.Fprintln(stdout, d.name)
-		return 0
-	case "sleep":
-		return sleep(ctx, stderr, args)
-	case "reboot", "/sbin/reboot":
-		*after = d.reboot
-		return 0
-	case "poweroff", "/sbin/poweroff":
-		*after = d.poweroff
-		return 0
-	case "shutdown", "/sbin/shutdown":
-		switch strings.Join(args, " ") {
-		case "-r now":
-			*after = d.reboot
-		case "-h now", "-P now", "now":
-			*after = d.poweroff
-		default:
-			fmt.Fprintln(stderr, "shutdown: only -r now, -h now and now are simulated")
-			return 1
-		}
-		return 0
-	case "exit":
-		if len(args) == 0 {
-			return 0
-		}
-		n, err := strconv.Atoi(args[0])
-		if err != nil || len(args) > 1 {
-			fmt.Fprintf(stderr, "sh: exit: Illegal number: %s\n", strings.Join(args, " "))
-			return 2
-		}
-		return n & 0xff
-	}
-	fmt.Fprintf(stderr, "sh: %s: command not found\n", name)
-	return 127
 }
 
 func (d *DUT) uname(stdout, stderr io.Writer, args []string) int {
@@ -240,27 +148,56 @@ func sleep(ctx context.Context, stderr io.Writer, args []string) int {
 }
 
 // Split splits a command line into words as a POSIX shell would for a
-// simple command, with no expansion at all: single quotes keep everything
-// literal, double quotes keep everything but backslash escapes of
-// \ " $ and `, and a backslash outside quotes escapes the next character.
-// Unquoted operators (; & | < > ( ) `) and $ anywhere outside single
-// quotes are not supported and are errors, as are unterminated quotes:
-// nothing is ever interpreted.
+// simple command, with no expansion at all (see Parse); a pipeline is an
+// error.
 func Split(line string) ([]string, error) {
+	stages, err := Parse(line)
+	if err != nil {
+		return nil, err
+	}
+	switch len(stages) {
+	case 0:
+		return nil, nil
+	case 1:
+		return stages[0], nil
+	}
+	return nil, errors.New("shell syntax '|' is not supported here (no shell)")
+}
+
+// Parse splits a command line into the words of each command of a
+// pipeline (commands separated by |), as a POSIX shell would, with no
+// expansion at all: single quotes keep everything literal, double quotes
+// keep everything but backslash escapes of \ " $ and `, and a backslash
+// outside quotes escapes the next character. Other unquoted operators
+// (; & < > ( ) `), $ anywhere outside single quotes, an empty command in
+// a pipeline and unterminated quotes are errors: nothing is ever
+// interpreted.
+func Parse(line string) ([][]string, error) {
 	var (
-		words []string
-		cur   strings.Builder
-		inW   bool
+		stages [][]string
+		words  []string
+		cur    strings.Builder
+		inW    bool
 	)
+	endWord := func() {
+		if inW {
+			words = append(words, cur.String())
+			cur.Reset()
+			inW = false
+		}
+	}
 	for i := 0; i < len(line); i++ {
 		c := line[i]
 		switch {
 		case c == ' ' || c == '\t' || c == '\n':
-			if inW {
-				words = append(words, cur.String())
-				cur.Reset()
-				inW = false
+			endWord()
+		case c == '|':
+			endWord()
+			if len(words) == 0 || (i+1 < len(line) && line[i+1] == '|') {
+				return nil, errors.New("syntax error near unexpected token '|'")
 			}
+			stages = append(stages, words)
+			words = nil
 		case c == '\'':
 			j := strings.IndexByte(line[i+1:], '\'')
 			if j < 0 {
@@ -302,15 +239,19 @@ func Split(line string) ([]string, error) {
 				cur.WriteByte(line[i])
 				inW = true
 			}
-		case strings.IndexByte(";&|<>()`$", c) >= 0:
+		case strings.IndexByte(";&<>()`$", c) >= 0:
 			return nil, fmt.Errorf("shell syntax %q is not supported (no shell)", c)
 		default:
 			cur.WriteByte(c)
 			inW = true
 		}
 	}
-	if inW {
-		words = append(words, cur.String())
+	endWord()
+	if len(words) == 0 {
+		if len(stages) > 0 {
+			return nil, errors.New("syntax error: a pipeline ends with '|'")
+		}
+		return nil, nil
 	}
-	return words, nil
+	return append(stages, words), nil
 }

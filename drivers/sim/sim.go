@@ -7,10 +7,16 @@
 // host key that changes on each boot, a slow link, dropped sessions).
 //
 // Commands come through exec requests only (no interactive shell, no SFTP)
-// and are split into words by Split, never interpreted; the commands known
-// are listed in the documentation of DUTOptions. Anything else, including
-// the sh -c wrapper of sshx.Client.RunScript, exits 127 with "command not
+// and are split into words and pipelines by Parse, never interpreted; the
+// commands known are listed in the documentation of DUTOptions, and
+// whatever embeds a DUT adds its own with Handle. Anything else, including
+// the script wrapper of sshx.Client.RunScript, exits 127 with "command not
 // found" on stderr, as in a shell.
+//
+// Disks (simulated block devices) take images written with dd, keeping
+// their length, SHA-256 and header; a DUT given a BootCheck (such as
+// BootFromDisk) boots what its boot disk holds, and never comes up when
+// that is not a complete image. Image builds the simulated images.
 package sim
 
 import (
@@ -21,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"sync"
 	"time"
@@ -66,11 +73,16 @@ type Faults struct {
 
 // DUTOptions configure a DUT.
 //
-// The DUT runs these commands, each optionally after sudo: true, false
-// (also as /bin/...), echo [-n], cat /etc/os-release, snap model, uname
-// [-a|-s|-n|-r|-m], hostname, sleep N, exit N, and reboot, shutdown -r now,
-// poweroff, shutdown -h now, which return with status 0 and then take the
-// DUT down (Booting for BootTime, or Off) and cut its connections.
+// The DUT runs these commands, each optionally after sudo, alone or in a
+// pipeline (a | b), and also as sh -c LINE or bash [-o pipefail] -c LINE:
+// true, false (also as /bin/...), echo [-n], cat (stdin, /etc/os-release
+// or a file of the DUT), tee [-a] FILE, mkdir, rm, test -e|-f|-b PATH, dd
+// of=DISK [bs=N], sync, hdparm, partprobe, sha256sum DISK, the
+// decompressors zstdcat, xzcat, zcat, bzcat (and zstd|xz|gzip|bzip2 -dc),
+// snap model, uname [-a|-s|-n|-r|-m], hostname, sleep N, exit N, and
+// reboot, shutdown -r now, poweroff, shutdown -h now, which return with
+// status 0 and then take the DUT down (Booting for BootTime, or Off) and
+// cut its connections.
 type DUTOptions struct {
 	// Name is the DUT's host name (default "sim").
 	Name string
@@ -89,6 +101,13 @@ type DUTOptions struct {
 	Model string
 	// Faults are the faults injected from the start.
 	Faults Faults
+	// Commands are commands added to the built-in ones (see Handle).
+	Commands map[string]Command
+	// Disks are the disks attached, by device node (see AddDisk).
+	Disks map[string]*Disk
+	// BootCheck, when set, is asked at the end of every boot what the DUT
+	// booted (see BootCheck).
+	BootCheck BootCheck
 	// Log receives state changes and commands (nil: discarded).
 	Log *slog.Logger
 }
@@ -123,6 +142,40 @@ type DUT struct {
 	bootTimer *time.Timer
 	commands  []string
 	closed    bool
+	handlers  map[string]Command
+	disks     map[string]*Disk
+	files     map[string][]byte
+	bootCheck BootCheck
+}
+
+// BootCheck says what a DUT booted at the end of a boot: the image whose
+// os-release and model it then reports, keep (the image did not change),
+// or an error, with which the DUT never comes up (it stays Booting, as a
+// board with no bootable media).
+type BootCheck func() (im Image, keep bool, err error)
+
+// BootFromDisk is a BootCheck that boots what disk holds: a disk never
+// written keeps the image the DUT has; otherwise the disk must hold a
+// complete simulated image.
+func BootFromDisk(disk *Disk) BootCheck {
+	return func() (Image, bool, error) {
+		if disk.Writes() == 0 {
+			return Image{}, true, nil
+		}
+		im, err := Bootable(disk.Last())
+		if err != nil {
+			return Image{}, false, fmt.Errorf("%s: %w", disk.Name(), err)
+		}
+		return im, false, nil
+	}
+}
+
+// SetBootCheck replaces the DUT's BootCheck (nil: none); it applies at
+// the end of the next boot.
+func (d *DUT) SetBootCheck(c BootCheck) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.bootCheck = c
 }
 
 // StartDUT starts a DUT in state Up. It is closed when ctx is done or
@@ -146,6 +199,16 @@ func StartDUT(ctx context.Context, opts DUTOptions) (*DUT, error) {
 		osRelease: opts.OSRelease,
 		model:     opts.Model,
 		conns:     map[net.Conn]struct{}{},
+		handlers:  maps.Clone(opts.Commands),
+		disks:     maps.Clone(opts.Disks),
+		files:     map[string][]byte{},
+		bootCheck: opts.BootCheck,
+	}
+	if d.handlers == nil {
+		d.handlers = map[string]Command{}
+	}
+	if d.disks == nil {
+		d.disks = map[string]*Disk{}
 	}
 	if d.name == "" {
 		d.name = "sim"
@@ -259,6 +322,16 @@ func (d *DUT) booted(gen uint64) {
 	if d.faults.NeverBoots {
 		d.log.Info("sim: DUT never boots (fault)")
 		return
+	}
+	if d.bootCheck != nil {
+		im, keep, err := d.bootCheck()
+		if err != nil {
+			d.log.Info("sim: DUT does not boot", "err", err)
+			return
+		}
+		if !keep {
+			d.osRelease, d.model = im.OSRelease, im.Model
+		}
 	}
 	if d.faults.HostKeyChangesOnBoot {
 		k, err := newHostKey()
