@@ -92,6 +92,18 @@ func deviceFromMap(d events.Data, typ, source string) (*drivers.DeviceConfig, er
 		}
 	}
 
+	if port := str("ssh_port"); port != "" {
+		n, err := strconv.Atoi(strings.TrimSpace(port))
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("ssh_port: %q is not a port number", port))
+		case n < 1 || n > 65535:
+			errs = append(errs, fmt.Errorf("ssh_port: %d out of range (1-65535)", n))
+		default:
+			cfg.SSHPort = n
+		}
+	}
+
 	switch v := d["reboot_script"].(type) {
 	case nil:
 	case []any:

@@ -76,6 +76,10 @@ type Options struct {
 	Env []string
 	// Log is for diagnostics (nil: discarded).
 	Log *slog.Logger
+	// SSH, when not nil, are the SSH settings the device is reached with
+	// (host key policy, key file, key servers) instead of the defaults
+	// (drivers.DefaultSSHSettings): a host file's, or a test's.
+	SSH *drivers.SSHSettings
 }
 
 // reservePoll is how often a reservation's hold checks its clock against
@@ -153,6 +157,7 @@ func runStage(ctx context.Context, opts Options, typ, dir string, stdout io.Writ
 	if err != nil {
 		return drivers.ExitFailed, err
 	}
+	cfg.SSH = opts.SSH
 	if err := writeDeviceInfo(dir, cfg.DeviceInfo()); err != nil {
 		return drivers.ExitFailed, err
 	}

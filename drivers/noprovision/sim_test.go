@@ -123,3 +123,30 @@ func TestSimProvisionNeverBoots(t *testing.T) {
 		t.Errorf("device %s, want booting forever (was the reboot_script run?)", dut.State())
 	}
 }
+
+// TestScenarios runs noprovision's outcomes through the driver and the
+// connector command line.
+func TestScenarios(t *testing.T) {
+	device := func(f sim.Faults, off bool, raw events.Data, reboot ...string) func(t *testing.T) *drivers.DeviceConfig {
+		return func(t *testing.T) *drivers.DeviceConfig {
+			dut, _, cfg := simDevice(t, f, raw, reboot...)
+			if off {
+				dut.PowerOff()
+			}
+			return cfg
+		}
+	}
+	fast := events.Data{"reboot_wait": 0, "boot_timeout": "1s", "boot_check_interval": "100ms"}
+	job := func(*drivers.DeviceConfig) *events.Job { return simJob() }
+	drivertest.RunScenarios(t, []drivertest.Scenario{
+		{Name: "up", Setup: device(sim.Faults{}, false, nil), Job: job, Want: drivertest.Succeeds, Output: "nothing to provision"},
+		{Name: "down without reboot_script", Setup: device(sim.Faults{}, true, fast), Job: job, Want: drivertest.RecoveryFails},
+		{Name: "reboot_script fails", Setup: device(sim.Faults{}, true, fast, "false"), Job: job, Want: drivertest.RecoveryFails, Output: "reboot_script[0]"},
+		{Name: "wrong password", Setup: device(sim.Faults{}, false, nil), Want: drivertest.ProvisioningFails, Output: "refuses the login",
+			Job: func(*drivers.DeviceConfig) *events.Job {
+				j := simJob()
+				j.TestData.TestPassword = "wrong"
+				return j
+			}},
+	})
+}
