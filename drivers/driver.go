@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/flingerlab/flinger/drivers/image"
 	"github.com/flingerlab/flinger/events"
 )
 
@@ -40,6 +41,20 @@ type Run struct {
 	Env []string
 	// Log is for the driver's own diagnostics (not the job's output).
 	Log *slog.Logger
+	// Images is the lab host's image cache, shared by its devices, so that
+	// devices provisioned with the same image download it once (nil: no
+	// cache; every device downloads).
+	Images *image.Cache
+	// Progress, if not nil, receives how far the writing of an image has
+	// got; the worker publishes it as provision_progress events.
+	Progress func(image.Progress)
+}
+
+// ReportProgress passes p to run.Progress when it is set.
+func (r *Run) ReportProgress(p image.Progress) {
+	if r.Progress != nil {
+		r.Progress(p)
+	}
 }
 
 // Logger returns r.Log, or a logger that discards when it is nil.

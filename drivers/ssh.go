@@ -307,3 +307,44 @@ func checkURLTemplate(t string) error {
 	}
 	return nil
 }
+
+// DefaultControlUser is the user a device's control host is logged in to
+// as when control_user is not given (Testflinger's default).
+const DefaultControlUser = "ubuntu"
+
+// ControlHostConfig returns how to reach dev's control host (control_host,
+// which may carry a port as host:port; control_port overrides it) over
+// SSH as control_user (default DefaultControlUser), with the settings'
+// key file, the device key control_password if given, and the host key
+// policy, recording the control host's key under "<device>-control".
+// A device without control_host is an error naming the key.
+func (s *SSHSettings) ControlHostConfig(dev *DeviceConfig, log *slog.Logger) (sshx.Config, string, error) {
+	if dev.ControlHost == "" {
+		return sshx.Config{}, "", fmt.Errorf("device %s: control_host is not configured", printable(dev.Name))
+	}
+	addr := dev.ControlHost
+	port, err := dev.Raw.Int("control_port", 0)
+	if err != nil {
+		return sshx.Config{}, "", fmt.Errorf("device %s: %w", printable(dev.Name), err)
+	}
+	if port < 0 || port > 65535 {
+		return sshx.Config{}, "", fmt.Errorf("device %s: control_port: %d out of range (1-65535)", printable(dev.Name), port)
+	}
+	if port > 0 {
+		host := addr
+		if h, _, err := net.SplitHostPort(addr); err == nil {
+			host = h
+		}
+		addr = net.JoinHostPort(host, strconv.Itoa(port))
+	}
+	user := dev.ControlUser
+	if user == "" {
+		user = DefaultControlUser
+	}
+	password, _ := dev.Raw["control_password"].(string)
+	cfg := sshx.Config{Addr: addr, User: user, Password: password, HostKeys: s.Policy(), Log: log}
+	if s.KeyFile != "" {
+		cfg.KeyFiles = []string{s.KeyFile}
+	}
+	return cfg, dev.Name + "-control", nil
+}
