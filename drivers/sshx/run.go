@@ -110,6 +110,49 @@ func (c *Client) Run(ctx context.Context, argv []string, stdout, stderr io.Write
 	return c.exec(ctx, "run "+strconv.Quote(argv[0]), cmd, nil, stdout, stderr)
 }
 
+// RunInput is Run with stdin (nil: nothing) as the command's standard
+// input. stdin may still be read from after RunInput returns, when the
+// command ended without reading all of it or ctx was cancelled while a
+// Read blocked.
+func (c *Client) RunInput(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	cmd, err := Command(argv)
+	if err != nil {
+		return -1, c.errorf("run: %w", err)
+	}
+	return c.exec(ctx, "run "+strconv.Quote(argv[0]), cmd, stdin, stdout, stderr)
+}
+
+// PipelineLine returns the command line that runs stages as a pipeline
+// (stages[0] | stages[1] | ...) under bash -o pipefail, so that the
+// pipeline fails when any stage does, every element quoted as Command
+// quotes it.
+func PipelineLine(stages [][]string) (string, error) {
+	if len(stages) == 0 {
+		return "", errors.New("empty pipeline")
+	}
+	parts := make([]string, len(stages))
+	for i, argv := range stages {
+		cmd, err := Command(argv)
+		if err != nil {
+			return "", fmt.Errorf("pipeline stage %d: %w", i, err)
+		}
+		parts[i] = cmd
+	}
+	return "bash -o pipefail -c " + Quote(strings.Join(parts, " | ")), nil
+}
+
+// RunPipeline runs stages as one pipeline on the device (see
+// PipelineLine), stdin (nil: nothing) feeding the first stage; its exit
+// status is that of the last stage that failed, or 0. Errors and
+// cancellation are as for Run.
+func (c *Client) RunPipeline(ctx context.Context, stages [][]string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	line, err := PipelineLine(stages)
+	if err != nil {
+		return -1, c.errorf("run pipeline: %w", err)
+	}
+	return c.exec(ctx, "run pipeline "+strconv.Quote(stages[0][0]), line, stdin, stdout, stderr)
+}
+
 // envName is what RunScript accepts as a variable name.
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 

@@ -412,3 +412,34 @@ func TestRunOnDoneContext(t *testing.T) {
 	}
 	dirHolds(t, dir)
 }
+
+func TestRunPipelineAndInput(t *testing.T) {
+	srv := sshtest.Start(t, sshtest.Options{})
+	c := srv.Dial(testCtx(t), "dev")
+	dir := remoteDir(t)
+	args := hostile(dir)
+	var out, errOut bytes.Buffer
+	// Input arrives byte for byte.
+	in := strings.Join(args, "\x00")
+	if _, err := c.RunInput(testCtx(t), []string{"cat"}, strings.NewReader(in), &out, &errOut); err != nil || out.String() != in {
+		t.Fatalf("RunInput cat: %v, %q; want the input back", err, out.String())
+	}
+	// Every stage's arguments arrive verbatim through the pipeline.
+	out.Reset()
+	stages := [][]string{
+		append([]string{"printf", `%s\0`}, args...),
+		{"cat"},
+	}
+	if _, err := c.RunPipeline(testCtx(t), stages, nil, &out, &errOut); err != nil {
+		t.Fatalf("RunPipeline: %v: %s", err, errOut.String())
+	}
+	if got := splitNUL(out.String()); strings.Join(got, "\x00") != strings.Join(args, "\x00") {
+		t.Errorf("pipeline arguments arrived as %q", got)
+	}
+	// pipefail: a failing first stage fails the pipeline.
+	code, err := c.RunPipeline(testCtx(t), [][]string{{"sh", "-c", "exit 3"}, {"cat"}}, nil, nil, nil)
+	if code != 3 || err == nil {
+		t.Errorf("failing first stage: exit %d, %v; want 3", code, err)
+	}
+	dirHolds(t, dir)
+}
