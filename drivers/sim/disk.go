@@ -234,6 +234,11 @@ func (d *Disk) CopyTo(ctx context.Context, r io.Reader, bs int) (int64, error) {
 			}
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			if err := ctx.Err(); err != nil {
+				// Killed: the end of the input is not the end of the image.
+				w.Abort(err)
+				return total, err
+			}
 			return total, w.Close()
 		}
 		if rerr != nil {

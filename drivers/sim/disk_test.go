@@ -182,7 +182,12 @@ func TestDDPipelineBootsTheImage(t *testing.T) {
 	if _, _, code := runIn(t, c, "reboot", nil); code != 0 {
 		t.Fatalf("reboot: exit %d", code)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := d.WaitState(ctx, sim.Booting); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithTimeout(t.Context(), 2*time.Second)
 	defer cancel()
 	if err := d.WaitState(ctx, sim.Up); err == nil {
 		t.Fatal("the DUT came up from a truncated image")

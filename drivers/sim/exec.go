@@ -521,8 +521,17 @@ func (d *DUT) dd(ctx context.Context, x *Exec, args []string) int {
 	if disk == nil {
 		return x.Errorf(1, "failed to open '%s': No such file or directory", of)
 	}
+	// A signal or a closed session kills dd at once, even while it waits
+	// for input.
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := io.Copy(pw, x.Stdin)
+		_ = pw.CloseWithError(err)
+	}()
+	stop := context.AfterFunc(ctx, func() { _ = pr.CloseWithError(ctx.Err()) })
+	defer stop()
 	start := time.Now()
-	n, err := disk.CopyTo(ctx, x.Stdin, bs)
+	n, err := disk.CopyTo(ctx, pr, bs)
 	if ctx.Err() != nil {
 		return 130
 	}
