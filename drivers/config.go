@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -71,6 +72,8 @@ type HostConfig struct {
 	// key_file, key_servers). Never nil after ParseHost; every device's
 	// DeviceConfig.SSH points at it.
 	SSH *SSHSettings
+	// ImageCache is image_cache: the host's shared image cache.
+	ImageCache ImageCacheConfig
 	// Devices is devices: at least one device.
 	Devices []*DeviceConfig
 }
@@ -86,7 +89,106 @@ func LoadHost(path string) (*HostConfig, error) {
 
 // hostKeys are the top-level keys of a host file. Other top-level keys are
 // ignored, so that a single-machine lab file can carry other sections.
-var hostKeys = []string{"host", "run_dir", "ssh", "devices"}
+var hostKeys = []string{"host", "run_dir", "ssh", "image_cache", "devices"}
+
+// DefaultImageCacheSize is the image cache's size when image_cache.size
+// is not given.
+const DefaultImageCacheSize = 20 << 30
+
+// ImageCacheConfig is a host file's image_cache section: where the host
+// keeps the provisioning images its devices share, and how much.
+type ImageCacheConfig struct {
+	// Dir is image_cache.dir ("": <run_dir>/image-cache, or image-cache in
+	// the state directory).
+	Dir string
+	// Size is image_cache.size in bytes: a number, or with a K, M, G or T
+	// suffix (powers of 1024, an optional iB or B after it). Default
+	// DefaultImageCacheSize.
+	Size int64
+	// Disabled is image_cache.enabled: false: every device downloads its
+	// image, nothing is kept.
+	Disabled bool
+}
+
+// ParseByteSize reads a size: a whole number of bytes, or one with a K,
+// M, G or T suffix (powers of 1024), optionally followed by iB or B
+// ("20G", "512MiB", "1TB").
+func ParseByteSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	u := strings.ToUpper(t)
+	u = strings.TrimSuffix(strings.TrimSuffix(u, "B"), "I")
+	mult := int64(1)
+	if n := len(u); n > 0 {
+		switch u[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			u = u[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(u), 10, 64)
+	if err != nil || v < 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size (a number of bytes, or with K, M, G or T)", s)
+	}
+	return v * mult, nil
+}
+
+// parseImageCache reads the image_cache section.
+func parseImageCache(n *yaml.Node, runDir string) (ImageCacheConfig, []error) {
+	c := ImageCacheConfig{Size: DefaultImageCacheSize}
+	if runDir != "" {
+		c.Dir = filepath.Join(runDir, "image-cache")
+	} else {
+		c.Dir = filepath.Join(StateDir(), "image-cache")
+	}
+	if n == nil || n.Tag == "!!null" {
+		return c, nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return c, []error{fmt.Errorf("image_cache: must be a mapping with keys dir, size, enabled, got %s", nodeKind(n))}
+	}
+	kv, err := pairs(n)
+	if err != nil {
+		return c, []error{fmt.Errorf("image_cache: %w", err)}
+	}
+	var errs []error
+	for _, k := range sortedKeys(kv) {
+		v := resolve(kv[k])
+		if v.Kind != yaml.ScalarNode {
+			errs = append(errs, fmt.Errorf("image_cache.%s: must be a scalar, got %s", k, nodeKind(v)))
+			continue
+		}
+		text := v.Value
+		var err error
+		switch k {
+		case "dir":
+			if text == "" {
+				errs = append(errs, errors.New("image_cache.dir: empty"))
+			}
+			c.Dir = text
+		case "size":
+			if c.Size, err = ParseByteSize(text); err != nil {
+				errs = append(errs, fmt.Errorf("image_cache.size: %w", err))
+			}
+		case "enabled":
+			b, err := strconv.ParseBool(text)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("image_cache.enabled: %q is not true or false", text))
+			}
+			c.Disabled = !b
+		default:
+			errs = append(errs, fmt.Errorf("image_cache.%s: unknown key (known: dir, size, enabled)", k))
+		}
+	}
+	return c, errs
+}
 
 // ParseHost parses and validates a host file given as YAML; source names
 // it in errors. Every problem found is reported, each naming the file, the
@@ -129,6 +231,11 @@ func ParseHost(data []byte, source string) (*HostConfig, error) {
 	var sshErrs []error
 	hc.SSH, sshErrs = parseSSH(top["ssh"], hc.RunDir)
 	for _, e := range sshErrs {
+		fail("%v", e)
+	}
+	var cacheErrs []error
+	hc.ImageCache, cacheErrs = parseImageCache(top["image_cache"], hc.RunDir)
+	for _, e := range cacheErrs {
 		fail("%v", e)
 	}
 	if hc.Host == "" {

@@ -48,6 +48,7 @@ devices:
 		t.Errorf("SSH = %+v (device: %p), want the TOFU defaults shared with the device", hc.SSH, hc.Devices[0].SSH)
 	}
 	want.SSH, want.Devices[0].SSH = hc.SSH, hc.SSH
+	want.ImageCache = drivers.ImageCacheConfig{Dir: filepath.Join(drivers.StateDir(), "image-cache"), Size: drivers.DefaultImageCacheSize}
 	if !reflect.DeepEqual(hc, want) {
 		t.Errorf("ParseHost =\n%#v\nwant\n%#v", hc.Devices[0], want.Devices[0])
 	}
@@ -163,7 +164,7 @@ func TestParseHostErrors(t *testing.T) {
 	}{
 		{"invalid yaml", "devices: [", []string{"lab.yaml: yaml: "}},
 		{"empty file", "", []string{"lab.yaml: devices: required"}},
-		{"not a mapping", "- a\n", []string{"lab.yaml: must be a mapping with keys host, run_dir, ssh, devices, got a list"}},
+		{"not a mapping", "- a\n", []string{"lab.yaml: must be a mapping with keys host, run_dir, ssh, image_cache, devices, got a list"}},
 		{"no devices", "host: h\n", []string{"lab.yaml: devices: required"}},
 		{"empty devices", "devices: []\n", []string{"lab.yaml: devices: required"}},
 		{"devices not a list", "devices: {a: 1}\n", []string{"lab.yaml: devices: must be a list of devices, got a mapping"}},
@@ -280,6 +281,42 @@ func TestDeviceInfo(t *testing.T) {
 	} {
 		if got := tc.cfg.DeviceInfo(); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("DeviceInfo(%+v) = %v, want %v", tc.cfg, got, tc.want)
+		}
+	}
+}
+
+func TestImageCacheSection(t *testing.T) {
+	base := "run_dir: /srv/flinger\ndevices:\n  - {agent_name: d1, provision_type: fake, job_queues: [q]}\n"
+	for _, tc := range []struct {
+		name, section string
+		want          drivers.ImageCacheConfig
+		err           string
+	}{
+		{"default", "", drivers.ImageCacheConfig{Dir: "/srv/flinger/image-cache", Size: drivers.DefaultImageCacheSize}, ""},
+		{"size and dir", "image_cache: {dir: /var/cache/img, size: 512MiB}\n", drivers.ImageCacheConfig{Dir: "/var/cache/img", Size: 512 << 20}, ""},
+		{"disabled", "image_cache: {enabled: false}\n", drivers.ImageCacheConfig{Dir: "/srv/flinger/image-cache", Size: drivers.DefaultImageCacheSize, Disabled: true}, ""},
+		{"bad size", "image_cache: {size: lots}\n", drivers.ImageCacheConfig{}, "image_cache.size"},
+		{"unknown key", "image_cache: {sise: 1G}\n", drivers.ImageCacheConfig{}, "image_cache.sise: unknown key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hc, err := drivers.ParseHost([]byte(tc.section+base), "host.yaml")
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("drivers.ParseHost = %v, want an error naming %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hc.ImageCache != tc.want {
+				t.Errorf("ImageCache = %+v, want %+v", hc.ImageCache, tc.want)
+			}
+		})
+	}
+	for in, want := range map[string]int64{"0": 0, "1024": 1024, "4K": 4 << 10, "20G": 20 << 30, "1TB": 1 << 40, "3 GiB": 3 << 30} {
+		if got, err := drivers.ParseByteSize(in); err != nil || got != want {
+			t.Errorf("drivers.ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
 }
