@@ -38,6 +38,12 @@ const (
 	EventJobAllocated = "allocated"
 	// EventDeviceState: a device's state, health, job or phase changed; Data holds the status.
 	EventDeviceState = "device_state"
+	// EventProvisionProgress: how far the writing of the job's image has
+	// got, about once a second while it is written. Data holds
+	// bytes_in (compressed bytes fetched), bytes_written (image bytes
+	// written to the device), total (the compressed size, -1 when
+	// unknown) and rate (bytes fetched per second).
+	EventProvisionProgress = "provision_progress"
 )
 
 // PhaseStart is the event a phase begins with, such as "provision_start".

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/flingerlab/flinger/broker"
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/image"
 	"github.com/flingerlab/flinger/events"
 )
 
@@ -417,7 +419,12 @@ func (r *jobRun) runPhase(p events.Phase) (rc int, err error, cause error) {
 	line := fmt.Sprintf("Starting testflinger %s phase on %s", p, d.cfg.Name)
 	out.Printf("%s\n* %s *\n%s", strings.Repeat("*", len(line)+4), line, strings.Repeat("*", len(line)+4))
 
-	run := &drivers.Run{Job: r.job, Device: d.cfg, Dir: r.dir, Out: out, Env: r.env, Log: r.log.With("phase", p)}
+	run := &drivers.Run{Job: r.job, Device: d.cfg, Dir: r.dir, Out: out, Env: r.env, Log: r.log.With("phase", p), Images: d.w.images}
+	if p == events.PhaseProvision {
+		progress := r.progressEvents(p)
+		defer progress.flush()
+		run.Progress = progress.report
+	}
 	switch p {
 	case events.PhaseSetup:
 		err = r.setup(out)
@@ -671,6 +678,52 @@ func (r *jobRun) handBack() {
 func (r *jobRun) abandon() {
 	r.log.Warn("job abandoned: " + errLeaseLost.Error())
 	r.release("abandoned")
+}
+
+// progressInterval is the shortest time between two provision_progress
+// events of a job.
+const progressInterval = time.Second
+
+// progressEvents turns a driver's progress reports into provision_progress
+// events, at most one every progressInterval, and the last one when the
+// phase ends.
+type progressEvents struct {
+	r     *jobRun
+	phase events.Phase
+
+	mu      sync.Mutex
+	last    time.Time
+	pending *image.Progress
+}
+
+func (r *jobRun) progressEvents(p events.Phase) *progressEvents {
+	return &progressEvents{r: r, phase: p}
+}
+
+func (pe *progressEvents) report(p image.Progress) {
+	pe.mu.Lock()
+	defer pe.mu.Unlock()
+	if time.Since(pe.last) < progressInterval {
+		pe.pending = &p
+		return
+	}
+	pe.last, pe.pending = time.Now(), nil
+	pe.publishLocked(p)
+}
+
+func (pe *progressEvents) flush() {
+	pe.mu.Lock()
+	defer pe.mu.Unlock()
+	if pe.pending != nil {
+		pe.publishLocked(*pe.pending)
+		pe.pending = nil
+	}
+}
+
+func (pe *progressEvents) publishLocked(p image.Progress) {
+	ev := pe.r.event(events.EventProvisionProgress, pe.phase, "")
+	ev.Data = map[string]any{"bytes_in": p.BytesIn, "bytes_written": p.BytesOut, "total": p.Total, "rate": int64(p.Rate)}
+	pe.r.publish(ev)
 }
 
 // event builds an event about this job.

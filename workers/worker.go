@@ -23,6 +23,7 @@ import (
 
 	"github.com/flingerlab/flinger/broker"
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/image"
 	"github.com/flingerlab/flinger/events"
 )
 
@@ -48,6 +49,11 @@ type Config struct {
 	CleanupTimeout time.Duration
 	// KeepRunDirs keeps run directories after jobs end (default: removed).
 	KeepRunDirs bool
+	// Images is the image cache the host's devices share. Nil: Run opens
+	// the one the host file's image_cache section describes, and closes it
+	// when it returns (none when it is disabled, or when its directory is
+	// held by another process, which is logged).
+	Images *image.Cache
 	// Log is the worker's logger (nil: slog.Default()).
 	Log *slog.Logger
 }
@@ -67,6 +73,7 @@ type Worker struct {
 	c       *broker.Client
 	log     *slog.Logger
 	devices []*device
+	images  *image.Cache // the host's image cache, or nil; set by Run
 
 	mu   sync.Mutex
 	idle map[*device]bool
@@ -150,6 +157,17 @@ func (w *Worker) Host() string { return w.cfg.Host.Host }
 func (w *Worker) Run(ctx context.Context) error {
 	if err := os.MkdirAll(w.cfg.RunDir, 0o750); err != nil {
 		return fmt.Errorf("worker: run directory: %w", err)
+	}
+	if ic := w.cfg.Host.ImageCache; w.cfg.Images == nil && !ic.Disabled && ic.Dir != "" {
+		c, err := image.NewCache(ic.Dir, ic.Size, nil, w.log.With("component", "image-cache"))
+		if err != nil {
+			w.log.Warn("no image cache: every device downloads its images", "dir", ic.Dir, "err", err)
+		} else {
+			w.images = c
+			defer func() { _ = c.Close() }()
+		}
+	} else {
+		w.images = w.cfg.Images
 	}
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

@@ -96,7 +96,8 @@ const reservePoll = time.Minute
 //   - the job is read leniently (see LoadJob) and the driver is built;
 //   - the stage runs with its output going to Stdout as it is produced,
 //     commands running in Dir with Env, the device's env, AGENT_NAME and
-//     REBOOT_SCRIPT (runtest also gets test_data.secrets, as in Testflinger);
+//     REBOOT_SCRIPT (runtest also gets test_data.secrets, as in Testflinger,
+//     and their values are masked in its output and error);
 //   - allocate writes the device information the driver returns to
 //     device-info.json; reserve then holds the device for
 //     reserve_data.timeout seconds (default 3600) or until ctx is done;
@@ -131,13 +132,19 @@ func Run(ctx context.Context, opts Options) int {
 	}
 	log = log.With("type", typ, "stage", opts.Stage)
 
-	rc, err := runStage(ctx, opts, typ, dir, stdout, log)
+	var masker *drivers.Masker
+	rc, err := runStage(ctx, opts, typ, dir, stdout, log, &masker)
 	if err == nil {
 		log.Debug("stage done", "rc", rc)
 		return rc
 	}
 	info := Describe(err)
-	fmt.Fprintf(stderr, "%s %s: %s: %s\n", typ, opts.Stage, info.Name, err)
+	info.Message = masker.String(info.Message)
+	if info.Cause != nil {
+		c := masker.String(*info.Cause)
+		info.Cause = &c
+	}
+	fmt.Fprintf(stderr, "%s %s: %s: %s\n", typ, opts.Stage, info.Name, masker.String(err.Error()))
 	if werr := recordError(dir, opts.Stage, info); werr != nil {
 		fmt.Fprintf(stderr, "%s %s: %v\n", typ, opts.Stage, werr)
 	}
@@ -152,7 +159,10 @@ func Run(ctx context.Context, opts Options) int {
 // runStage does the work of Run once the type and stage are known. It
 // returns the stage's exit status when err is nil (and runtest's status
 // along with an error when the test was cut short).
-func runStage(ctx context.Context, opts Options, typ, dir string, stdout io.Writer, log *slog.Logger) (int, error) {
+//
+// For runtest, *masker is set to the masker of test_data.secrets: the
+// stage's output is masked, and Run masks its error.
+func runStage(ctx context.Context, opts Options, typ, dir string, stdout io.Writer, log *slog.Logger, masker **drivers.Masker) (int, error) {
 	cfg, err := LoadDevice(inDir(dir, opts.ConfigPath), typ)
 	if err != nil {
 		return drivers.ExitFailed, err
@@ -191,6 +201,14 @@ func runStage(ctx context.Context, opts Options, typ, dir string, stdout io.Writ
 	case StageRuntest:
 		if job.TestData != nil && len(job.TestData.Secrets) > 0 {
 			run.Env = withSecrets(run.Env, job.TestData.Secrets)
+			values := make([]string, 0, len(job.TestData.Secrets))
+			for _, v := range job.TestData.Secrets {
+				values = append(values, v)
+			}
+			*masker = drivers.NewMasker(values)
+			mw := (*masker).Writer(stdout)
+			defer mw.Close()
+			run.Out = mw
 		}
 		return drv.RunTest(ctx, run)
 	case StageAllocate:

@@ -456,3 +456,24 @@ func TestDescribe(t *testing.T) {
 		}
 	}
 }
+
+// TestRuntestMasksSecrets checks that test_data.secrets reach the test's
+// environment and that their values appear nowhere in its output.
+func TestRuntestMasksSecrets(t *testing.T) {
+	t.Parallel()
+	opts, stdout, stderr := setup(t, "runtest", job(map[string]any{"test_data": map[string]any{
+		"test_cmds": "printf 'token is %s\\n' \"$API_TOKEN\"\nprintf %s \"$API_TOKEN\" | cut -c1-4\necho \"$API_TOKEN\" >&2\n[ \"$API_TOKEN\" = 'tok-9f8e7d6c' ] && exit 5\nexit 0",
+		"secrets":   map[string]string{"API_TOKEN": "tok-9f8e7d6c"},
+	}}))
+	code := connector.Run(context.Background(), opts)
+	if code != 5 {
+		t.Fatalf("exit status %d, want 5 (the secret reached the test)\n%s%s", code, stdout, stderr)
+	}
+	out := stdout.String() + stderr.String()
+	if strings.Contains(out, "tok-9f8e7d6c") {
+		t.Errorf("the secret appears in the output:\n%s", out)
+	}
+	if !strings.Contains(out, "token is ****") {
+		t.Errorf("output lacks the masked line:\n%s", out)
+	}
+}
