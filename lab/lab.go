@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/flingerlab/flinger/broker"
@@ -30,6 +32,10 @@ type Options struct {
 	Host *drivers.HostConfig
 	// Worker tunes the worker (its Client and Host are filled in).
 	Worker workers.Config
+	// SimDir is where the simulators of the host's simulated devices (those
+	// with a sim key) keep their files (default: sim under the host's
+	// run_dir, else under the worker's run directory).
+	SimDir string
 	// NoOrchestrator runs no orchestrator (for tests that start their own).
 	NoOrchestrator bool
 	// Log is the lab's logger (nil: slog.Default()).
@@ -48,6 +54,8 @@ type Lab struct {
 	Orchestrator *orchestrator.Orchestrator
 	// Worker is the lab's worker, if it runs one.
 	Worker *workers.Worker
+	// Simulators are the simulated devices the lab started.
+	Simulators *Simulators
 
 	conns      []*broker.Client
 	stopWorker context.CancelFunc
@@ -110,6 +118,20 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 		}
 	}
 	if o.Host != nil && len(o.Host.Devices) > 0 {
+		dir := o.SimDir
+		if dir == "" {
+			dir = o.Host.RunDir
+			if dir == "" {
+				dir = o.Worker.RunDir
+			}
+			if dir == "" {
+				dir = filepath.Join(os.TempDir(), "flinger-runs")
+			}
+			dir = filepath.Join(dir, "sim")
+		}
+		if l.Simulators, err = StartSimulators(ctx, o.Host, dir, log); err != nil {
+			return nil, err
+		}
 		wc, err := dial("flinger-worker-" + o.Host.Host)
 		if err != nil {
 			return nil, err
@@ -165,6 +187,7 @@ func (l *Lab) Stop() {
 		l.Orchestrator.Stop()
 		l.Orchestrator = nil
 	}
+	l.Simulators.Close()
 	for i := len(l.conns) - 1; i >= 0; i-- {
 		l.conns[i].Close()
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -140,6 +141,12 @@ running phase finish (--drain) and hands unfinished jobs back to their queue.`,
 			defer c.Close()
 			cfg := wf.config()
 			cfg.Client, cfg.Host = c, host
+			simDir := filepath.Join(cmp.Or(host.RunDir, cfg.RunDir, filepath.Join(os.TempDir(), "flinger-runs")), "sim")
+			sims, err := lab.StartSimulators(cmd.Context(), host, simDir, slog.Default())
+			if err != nil {
+				return err
+			}
+			defer sims.Close()
 			w, err := workers.New(cfg)
 			if err != nil {
 				return err

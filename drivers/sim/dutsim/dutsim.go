@@ -1,0 +1,114 @@
+// Package dutsim is the simulator of a plain SSH device, the hardware of
+// the noprovision connector: a sim.DUT answering SSH as ubuntu (password
+// ubuntu, or the lab's key), hard-reset by a reboot_script that power
+// cycles it through a sim.Switch.
+//
+// Settings (the sim: mapping of a lab file's device entry):
+//
+//	boot_time: 2s        # how long a reset takes (default 1s)
+//	os_release: ubuntu-24.04   # the installed system: ubuntu-22.04 or ubuntu-24.04 (default)
+//	fault: never_boots   # or host_key_changes, slow_link, down (powered off at start)
+package dutsim
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/flingerlab/flinger/drivers/sim"
+)
+
+func init() {
+	sim.RegisterLab("noprovision", Start)
+}
+
+// Device is a running simulated SSH device.
+type Device struct {
+	// DUT is the simulated device.
+	DUT *sim.DUT
+	// Switch drives its power.
+	Switch *sim.Switch
+	reboot string
+}
+
+// releases are the systems a simulated device can report.
+var releases = map[string]string{
+	"ubuntu-22.04": sim.UbuntuRelease("22.04", "jammy"),
+	"ubuntu-24.04": sim.UbuntuRelease("24.04", "noble"),
+}
+
+// Start starts a simulated SSH device (see the package documentation).
+func Start(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
+	boot := time.Second
+	release := "ubuntu-24.04"
+	var faults sim.Faults
+	down := false
+	for k, v := range opts.Settings {
+		s := fmt.Sprint(v)
+		switch k {
+		case "boot_time":
+			d, err := time.ParseDuration(s)
+			if err != nil || d < 0 {
+				return nil, fmt.Errorf("sim.boot_time: %q is not a duration", s)
+			}
+			boot = d
+		case "os_release":
+			if releases[s] == "" {
+				return nil, fmt.Errorf("sim.os_release: %q is not one of ubuntu-22.04, ubuntu-24.04", s)
+			}
+			release = s
+		case "fault":
+			switch s {
+			case "never_boots":
+				faults.NeverBoots = true
+			case "host_key_changes":
+				faults.HostKeyChangesOnBoot = true
+			case "slow_link":
+				faults.SlowLink = 20 * time.Millisecond
+			case "down":
+				down = true
+			default:
+				return nil, fmt.Errorf("sim.fault: %q is not one of never_boots, host_key_changes, slow_link, down", s)
+			}
+		default:
+			return nil, fmt.Errorf("sim.%s: unknown setting (known: boot_time, os_release, fault)", k)
+		}
+	}
+	dut, err := sim.StartDUT(ctx, sim.DUTOptions{
+		Name: opts.Name, BootTime: boot, Users: map[string]string{"ubuntu": "ubuntu"},
+		AuthorizedKeys: opts.AuthorizedKeys, OSRelease: releases[release], Faults: faults, Log: opts.Log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	sw, err := sim.StartSwitch(ctx, opts.Dir, opts.Log)
+	if err != nil {
+		dut.Close()
+		return nil, err
+	}
+	reboot, err := sw.Script("power-cycle", func() error { dut.PowerCycle(); return nil })
+	if err != nil {
+		dut.Close()
+		sw.Close()
+		return nil, err
+	}
+	if down {
+		dut.PowerOff()
+	}
+	return &Device{DUT: dut, Switch: sw, reboot: reboot}, nil
+}
+
+// Config returns device_ip, ssh_port and reboot_script.
+func (d *Device) Config() map[string]any {
+	host, port, _ := net.SplitHostPort(d.DUT.Addr())
+	p, _ := strconv.Atoi(port)
+	return map[string]any{"device_ip": host, "ssh_port": p, "reboot_script": []any{d.reboot}}
+}
+
+// Close stops the device and its switch.
+func (d *Device) Close() {
+	d.DUT.Close()
+	d.Switch.Close()
+}
