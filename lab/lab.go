@@ -14,6 +14,7 @@ import (
 
 	"github.com/flingerlab/flinger/broker"
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/sim"
 	"github.com/flingerlab/flinger/events"
 	"github.com/flingerlab/flinger/orchestrator"
 	"github.com/flingerlab/flinger/workers"
@@ -36,6 +37,10 @@ type Options struct {
 	// with a sim key) keep their files (default: sim under the host's
 	// run_dir, else under the worker's run directory).
 	SimDir string
+	// SimImages, when not empty, is the address of an HTTP server of
+	// simulated OS images (sim.ImageServer) started along with the
+	// simulated devices, for their jobs' provision_data.url.
+	SimImages string
 	// NoOrchestrator runs no orchestrator (for tests that start their own).
 	NoOrchestrator bool
 	// Log is the lab's logger (nil: slog.Default()).
@@ -56,6 +61,8 @@ type Lab struct {
 	Worker *workers.Worker
 	// Simulators are the simulated devices the lab started.
 	Simulators *Simulators
+	// Images is the server of simulated images, if the lab started one.
+	Images *sim.ImageServer
 
 	conns      []*broker.Client
 	stopWorker context.CancelFunc
@@ -132,6 +139,12 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 		if l.Simulators, err = StartSimulators(ctx, o.Host, dir, log); err != nil {
 			return nil, err
 		}
+		if l.Simulators.Len() > 0 && o.SimImages != "" {
+			if l.Images, err = sim.StartImageServer(ctx, o.SimImages, 0, log.With("sim", "images")); err != nil {
+				return nil, err
+			}
+			log.Info("simulated images served", "url", l.Images.URL())
+		}
 		wc, err := dial("flinger-worker-" + o.Host.Host)
 		if err != nil {
 			return nil, err
@@ -188,6 +201,9 @@ func (l *Lab) Stop() {
 		l.Orchestrator = nil
 	}
 	l.Simulators.Close()
+	if l.Images != nil {
+		l.Images.Close()
+	}
 	for i := len(l.conns) - 1; i >= 0; i-- {
 		l.conns[i].Close()
 	}

@@ -49,10 +49,10 @@ func defaultDataDir() string {
 
 func newLabCmd(g *globals) *cobra.Command {
 	var (
-		dataDir, listen, labFile, examples string
-		demo                               bool
-		wf                                 workerFlags
-		store                              events.StoreOptions
+		dataDir, listen, labFile, examples, simImages string
+		demo                                          bool
+		wf                                            workerFlags
+		store                                         events.StoreOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "lab",
@@ -72,7 +72,7 @@ expects. Without --data, the demo uses a fresh temporary store.`,
 			if err != nil {
 				return err
 			}
-			opts := lab.Options{Host: host, Worker: wf.config(), Store: store, Log: slog.Default()}
+			opts := lab.Options{Host: host, Worker: wf.config(), Store: store, SimImages: simImages, Log: slog.Default()}
 			if cmd.Flags().Changed("nats") {
 				opts.NATS = g.nats
 			} else {
@@ -111,6 +111,7 @@ expects. Without --data, the demo uses a fresh temporary store.`,
 	f.StringVar(&listen, "listen", "127.0.0.1:4222", "client address of the embedded NATS server")
 	f.StringVar(&labFile, "lab", "deploy/lab.yaml", "lab file: the devices to drive (host file format)")
 	f.BoolVar(&demo, "demo", false, "submit the example jobs, show them run, and check their outcomes")
+	f.StringVar(&simImages, "sim-images", "127.0.0.1:8470", "with simulated devices: address of the server of simulated OS images (\"\": none)")
 	f.StringVar(&examples, "examples", "deploy/examples/jobs", "with --demo: the example jobs and their expected.yaml")
 	f.DurationVar(&store.EventMaxAge, "event-max-age", events.DefaultMaxAge, "how long events are kept")
 	f.DurationVar(&store.LogMaxAge, "log-max-age", events.DefaultMaxAge, "how long output logs are kept")
