@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	_ "github.com/flingerlab/flinger/drivers/all"
+	_ "github.com/flingerlab/flinger/drivers/sim/all"
 )
 
 // exitError carries a specific exit status up to main.
