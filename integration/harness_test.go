@@ -57,18 +57,25 @@ func startLab(t testing.TB, host *drivers.HostConfig, wcfg workers.Config) *lab.
 	if wcfg.RunDir == "" {
 		wcfg.RunDir = t.TempDir()
 	}
-	l, err := lab.Start(ctx, lab.Options{
-		Server: broker.ServerOptions{Memory: true, Listen: "127.0.0.1:0"},
-		Store:  events.StoreOptions{Memory: true},
-		Host:   host,
-		Worker: wcfg,
-		Log:    testLog(t),
-	})
+	l, err := lab.Start(ctx, labOptions(t, host, wcfg, ""))
 	if err != nil {
 		t.Fatalf("start lab: %v", err)
 	}
 	t.Cleanup(l.Stop)
 	return l
+}
+
+// labOptions are the options of an in-memory lab for host; simImages is
+// the address of its server of simulated images ("": none).
+func labOptions(t testing.TB, host *drivers.HostConfig, wcfg workers.Config, simImages string) lab.Options {
+	return lab.Options{
+		Server:    broker.ServerOptions{Memory: true, Listen: "127.0.0.1:0"},
+		Store:     events.StoreOptions{Memory: true},
+		Host:      host,
+		Worker:    wcfg,
+		SimImages: simImages,
+		Log:       testLog(t),
+	}
 }
 
 // connect opens another client to the lab's server.

@@ -136,11 +136,13 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 			}
 			dir = filepath.Join(dir, "sim")
 		}
-		if l.Simulators, err = StartSimulators(ctx, o.Host, dir, log); err != nil {
+		// The simulators live until Stop, not as long as ctx.
+		simCtx := context.WithoutCancel(ctx)
+		if l.Simulators, err = StartSimulators(simCtx, o.Host, dir, log); err != nil {
 			return nil, err
 		}
 		if l.Simulators.Len() > 0 && o.SimImages != "" {
-			if l.Images, err = sim.StartImageServer(ctx, o.SimImages, 0, log.With("sim", "images")); err != nil {
+			if l.Images, err = sim.StartImageServer(simCtx, o.SimImages, 0, log.With("sim", "images")); err != nil {
 				return nil, err
 			}
 			log.Info("simulated images served", "url", l.Images.URL())

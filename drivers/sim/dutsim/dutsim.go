@@ -7,7 +7,8 @@
 //
 //	boot_time: 2s        # how long a reset takes (default 1s)
 //	os_release: ubuntu-24.04   # the installed system: ubuntu-22.04 or ubuntu-24.04 (default)
-//	fault: never_boots   # or host_key_changes, slow_link, down (powered off at start)
+//	down: true           # powered off at start (default false)
+//	fault: never_boots   # or host_key_changes, slow_link
 package dutsim
 
 import (
@@ -67,13 +68,17 @@ func Start(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
 				faults.HostKeyChangesOnBoot = true
 			case "slow_link":
 				faults.SlowLink = 20 * time.Millisecond
-			case "down":
-				down = true
 			default:
-				return nil, fmt.Errorf("sim.fault: %q is not one of never_boots, host_key_changes, slow_link, down", s)
+				return nil, fmt.Errorf("sim.fault: %q is not one of never_boots, host_key_changes, slow_link", s)
 			}
+		case "down":
+			b, ok := v.(bool)
+			if !ok {
+				return nil, fmt.Errorf("sim.down: %q is not true or false", s)
+			}
+			down = b
 		default:
-			return nil, fmt.Errorf("sim.%s: unknown setting (known: boot_time, os_release, fault)", k)
+			return nil, fmt.Errorf("sim.%s: unknown setting (known: boot_time, os_release, down, fault)", k)
 		}
 	}
 	dut, err := sim.StartDUT(ctx, sim.DUTOptions{

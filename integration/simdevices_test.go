@@ -1,0 +1,143 @@
+package integration
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/flingerlab/flinger/drivers"
+	_ "github.com/flingerlab/flinger/drivers/sim/all"
+	"github.com/flingerlab/flinger/events"
+	"github.com/flingerlab/flinger/lab"
+	"github.com/flingerlab/flinger/workers"
+)
+
+// simCase is one job on one simulated device, run through the worker: the
+// outcome the job must reach, the state the device must be left in and
+// the events it must have published.
+type simCase struct {
+	name string
+	// device is the device's entry in the host file (without agent_name and
+	// job_queues), with its sim: settings.
+	device string
+	// job is the job's provision_data and test_data, in YAML, indented by
+	// nothing; {{images}} stands for the simulated image server's URL.
+	job string
+	// outcome is the job's outcome.
+	outcome events.Outcome
+	// offline: the device must be taken offline (a recovery failure).
+	offline bool
+	// events must all appear in the job's events.
+	events []string
+}
+
+// simCases are the cases for every simulated connector type: the happy
+// path and the faults, each mapped to its outcome as the worker maps the
+// driver's typed error.
+var simCases = []simCase{
+	{
+		name:    "noprovision up",
+		device:  "provision_type: noprovision\nsim: {boot_time: 100ms}",
+		job:     "provision_data: {skip: false}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+	},
+	{
+		name:    "noprovision reset brings it back",
+		device:  "provision_type: noprovision\nreboot_wait: 0\nboot_check_interval: 200ms\nsim: {boot_time: 300ms, down: true}",
+		job:     "provision_data: {skip: false}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+	},
+	{
+		name:    "noprovision never boots",
+		device:  "provision_type: noprovision\nreboot_wait: 0\nboot_timeout: 2\nboot_check_interval: 200ms\nsim: {boot_time: 100ms, down: true, fault: never_boots}",
+		job:     "provision_data: {skip: false}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeRecoveryFail,
+		offline: true,
+		events:  []string{events.EventRecoveryFail},
+	},
+}
+
+// TestSimulatedDevices runs every simCase through a lab's worker, each on
+// its own simulated device, all at once.
+func TestSimulatedDevices(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	fmt.Fprintf(&b, "host: sim-host\nrun_dir: %s\ndevices:\n", t.TempDir())
+	for i, c := range simCases {
+		fmt.Fprintf(&b, "  - agent_name: sim-%02d\n    job_queues: [simq-%02d]\n", i, i)
+		for _, line := range strings.Split(c.device, "\n") {
+			fmt.Fprintf(&b, "    %s\n", line)
+		}
+	}
+	host, err := drivers.ParseHost([]byte(b.String()), "sim-host.yaml")
+	if err != nil {
+		t.Fatalf("host file: %v\n%s", err, b.String())
+	}
+	l := startSimLab(t, host)
+	c := connect(t, l, "sim-test")
+	var wg sync.WaitGroup
+	for i, sc := range simCases {
+		wg.Go(func() {
+			job := fmt.Sprintf("job_queue: simq-%02d\nname: %q\n%s\n", i, sc.name, strings.ReplaceAll(sc.job, "{{images}}", imagesURL(l)))
+			id := submit(t, c, job)
+			rec := waitEnd(t, c, id)
+			if rec.Outcome != sc.outcome {
+				t.Errorf("%s: outcome %s, want %s\noutput:\n%s", sc.name, rec.Outcome, sc.outcome, tail(output(t, c, id), 3000))
+			}
+			got := names(jobEvents(t, c, id))
+			for _, want := range sc.events {
+				if !contains(got, want) {
+					t.Errorf("%s: no %s event among %v", sc.name, want, got)
+				}
+			}
+			dev := fmt.Sprintf("sim-%02d", i)
+			eventually(t, dev+" state", func() bool {
+				st, err := c.GetDevice(t.Context(), dev)
+				if err != nil || st == nil {
+					return false
+				}
+				if sc.offline {
+					return st.State == events.StateOffline && st.Health == events.HealthBad
+				}
+				return st.State == events.StateIdle
+			})
+		})
+	}
+	wg.Wait()
+}
+
+// startSimLab starts a lab whose worker drives host's simulated devices,
+// with a server of simulated images.
+func startSimLab(t *testing.T, host *drivers.HostConfig) *lab.Lab {
+	t.Helper()
+	l, err := lab.Start(t.Context(), labOptions(t, host, workers.Config{RunDir: t.TempDir()}, "127.0.0.1:0"))
+	if err != nil {
+		t.Fatalf("start lab: %v", err)
+	}
+	t.Cleanup(l.Stop)
+	return l
+}
+
+func imagesURL(l *lab.Lab) string {
+	if l.Images == nil {
+		return "http://127.0.0.1:1/no-image-server"
+	}
+	return l.Images.URL()
+}
+
+func contains(s []string, v string) bool {
+	for _, e := range s {
+		if e == v {
+			return true
+		}
+	}
+	return false
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
+}
