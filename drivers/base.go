@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/flingerlab/flinger/drivers/controlhost"
+	"github.com/flingerlab/flinger/drivers/firmware"
 	"github.com/flingerlab/flinger/drivers/sshkeys"
 	"github.com/flingerlab/flinger/drivers/sshx"
 	"github.com/flingerlab/flinger/events"
@@ -24,9 +26,36 @@ const DefaultTestUsername = "ubuntu"
 // canonical/testflinger). Drivers embed it; its zero value is ready to use
 // and it reads everything from the Run it is given.
 //
+// Provision runs PreProvision, the control-host hook every connector's
+// provision runs first, and a driver that implements Provision must call
+// PreProvision first too; RunTest runs PreTest before test_cmds.
+// FirmwareUpdate is Testflinger's LVFS update (package
+// drivers/firmware). Hooks holds the connector type's choices for the
+// control-host hooks (package drivers/controlhost): set it in the
+// driver's constructor, for example
+//
+//	&Driver{Base: drivers.Base{Hooks: drivers.HookOptions{SetupProvisioningData: map[string]any{"usb": "DUT"}}}}
+//
 // Every method returns at once, with an error wrapping ctx.Err(), when ctx
 // is already done.
-type Base struct{}
+type Base struct {
+	// Hooks are the connector type's choices for the control-host hooks.
+	Hooks HookOptions
+}
+
+// HookOptions are a connector type's choices for the control-host hooks,
+// which the device keys control_host_manage_dut_power and
+// control_host_setup_provisioning_data override.
+type HookOptions struct {
+	// ManageDUTPower runs the device's poweroff_script before the control
+	// host is power-cycled and its poweron_script after (Testflinger's
+	// MANAGE_DUT_POWER_DURING_REBOOT, which muxpi and control_host_iot set).
+	ManageDUTPower bool
+	// SetupProvisioningData is the JSON body of the control host's
+	// setup/provisioning request (Testflinger's SETUP_PROVISIONING_DATA,
+	// such as oemrecovery's {"usb": "DUT"}; nil: no body).
+	SetupProvisioningData map[string]any
+}
 
 // outOf returns run.Out, or a writer that discards when it is nil.
 func outOf(run *Run) io.Writer {
@@ -44,21 +73,101 @@ func typeOf(run *Run) string {
 	return run.Device.Type
 }
 
-// Provision does nothing: the device is used as it is. (Testflinger's
-// default provision power-cycles a configured control_host first; Flinger
-// does not do that yet.)
-func (Base) Provision(ctx context.Context, run *Run) error {
+// Provision runs PreProvision and then does nothing more: the device is
+// used as it is.
+func (b Base) Provision(ctx context.Context, run *Run) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("provision: %w", err)
+	}
+	if err := b.PreProvision(ctx, run); err != nil {
+		return err
 	}
 	fmt.Fprintf(outOf(run), "No provisioning for %s: the device is used as it is\n", typeOf(run))
 	return nil
 }
 
-// FirmwareUpdate reports that the connector cannot update firmware. The
-// phase fails (with an error wrapping errors.ErrUnsupported; the device
-// stays in service) unless firmware_update_data says ignore_failure: true,
-// as Testflinger's firmware_update does for any failure.
+// controlHostHooks returns the control-host hooks of run's device, or nil
+// when it has no control_host. A malformed control-host key is an error
+// naming it.
+func (b Base) controlHostHooks(run *Run) (*controlhost.Hooks, error) {
+	dev := run.Device
+	if dev == nil || dev.ControlHost == "" {
+		return nil, nil
+	}
+	s, err := controlhost.ParseSettings(dev.ControlHost, dev.Raw, controlhost.Defaults{
+		ManageDUTPower:        b.Hooks.ManageDUTPower,
+		SetupProvisioningData: b.Hooks.SetupProvisioningData,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("device %s: %w", printable(dev.Name), err)
+	}
+	log := run.Logger().With("device", dev.Name, "control_host", s.Host)
+	return controlhost.New(s, run.Dir, run.Env, outOf(run), log), nil
+}
+
+// PreProvision is Testflinger's pre_provision_hook, which every
+// connector's provision runs first: for a device with a control_host it
+// power-cycles the control host through its REST API (unless the
+// environment sets DISABLE_CONTROL_HOST_POWERCYCLE or the device has no
+// control_host_reboot_script) and asks it to ready its hardware for
+// provisioning, as package drivers/controlhost describes. A device without
+// control_host is left alone, silently.
+//
+// A control host that does not come back is a *RecoveryError; a
+// malformed control-host key fails the phase; the best-effort requests
+// only report their failures.
+func (b Base) PreProvision(ctx context.Context, run *Run) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("pre-provision hook: %w", err)
+	}
+	h, err := b.controlHostHooks(run)
+	if err != nil {
+		return fmt.Errorf("pre-provision hook: %w", err)
+	}
+	if h == nil {
+		return nil
+	}
+	err = h.PreProvision(ctx)
+	var notBack *controlhost.NotBackError
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("pre-provision hook: %w", ctx.Err())
+	case errors.As(err, &notBack):
+		return Recovery("pre-provision hook: %w", err)
+	}
+	return fmt.Errorf("pre-provision hook: %w", err)
+}
+
+// PreTest is Testflinger's pre_test_hook, which the test phase runs
+// first: for a device with a control_host it asks the control host to
+// ready its hardware for the test phase. Its failure is reported in the
+// output and ignored; the error is for the end of ctx or a malformed
+// control-host key.
+func (b Base) PreTest(ctx context.Context, run *Run) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("pre-test hook: %w", err)
+	}
+	h, err := b.controlHostHooks(run)
+	if err != nil {
+		return fmt.Errorf("pre-test hook: %w", err)
+	}
+	if h == nil {
+		return nil
+	}
+	if err := h.PreTest(ctx); err != nil {
+		return fmt.Errorf("pre-test hook: %w", err)
+	}
+	return nil
+}
+
+// FirmwareUpdate updates the device's firmware from LVFS as Testflinger
+// does (UpdateFirmware, package drivers/firmware). With
+// firmware_update_data.ignore_failure: true a failure is printed and the
+// phase succeeds, as in Testflinger; a device that does not come back
+// from the firmware reboot is a *RecoveryError all the same, and a
+// cancelled phase returns an error wrapping ctx.Err().
 func (Base) FirmwareUpdate(ctx context.Context, run *Run) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("firmware_update: %w", err)
@@ -72,16 +181,69 @@ func (Base) FirmwareUpdate(ctx context.Context, run *Run) error {
 	if err != nil {
 		return fmt.Errorf("firmware_update_data: %w", err)
 	}
-	fmt.Fprintf(out, "firmware_update is not supported by the %s connector\n", typeOf(run))
+	err = UpdateFirmware(ctx, run)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("firmware_update: %w", ctx.Err())
+	case IsRecovery(err):
+		return err
+	}
+	fmt.Fprintf(out, "Firmware update failed: %v\n", err)
 	if ignore {
 		fmt.Fprintln(out, "firmware_update_data says ignore_failure: true; continuing")
 		return nil
 	}
-	return fmt.Errorf("firmware_update not supported for %s: %w", typeOf(run), errors.ErrUnsupported)
+	return err
 }
 
-// RunTest runs test_data.test_cmds with RunTestCmds.
-func (Base) RunTest(ctx context.Context, run *Run) (int, error) {
+// UpdateFirmware updates the firmware of run's device to
+// firmware_update_data.version from LVFS over SSH as the job's
+// test_username (firmware.Update, with the device keys of package
+// drivers/firmware), writing what it does to run.Out. A version other than
+// "latest" is refused before the device is contacted; a device that does
+// not come back after the firmware reboot is a *RecoveryError; every other
+// failure is a plain error (ignore_failure is FirmwareUpdate's).
+func UpdateFirmware(ctx context.Context, run *Run) error {
+	var data events.Data
+	if run.Job != nil {
+		data = run.Job.FirmwareUpdateData
+	}
+	version, err := firmware.VersionFrom(data)
+	if err != nil {
+		return err
+	}
+	if version != firmware.LatestVersion {
+		return &firmware.VersionError{Version: version}
+	}
+	dev := run.Device
+	if dev == nil {
+		return errors.New("firmware_update: no device configuration")
+	}
+	opts, err := firmware.ParseOptions(dev.Raw)
+	if err != nil {
+		return fmt.Errorf("device %s: %w", printable(dev.Name), err)
+	}
+	log := run.Logger().With("device", dev.Name)
+	cfg, err := dev.SSHSettings().DeviceConfig(dev, run.Job, log)
+	if err != nil {
+		return err
+	}
+	opts.SSH, opts.Device, opts.Version, opts.Out, opts.Log = cfg, dev.Name, version, outOf(run), log
+	_, err = firmware.Update(ctx, opts)
+	var notBack *firmware.NotBackError
+	if errors.As(err, &notBack) {
+		return Recovery("%w", err)
+	}
+	return err
+}
+
+// RunTest runs PreTest, then test_data.test_cmds with RunTestCmds.
+func (b Base) RunTest(ctx context.Context, run *Run) (int, error) {
+	if err := b.PreTest(ctx, run); err != nil && ctx.Err() == nil {
+		return ExitFailed, err
+	}
 	return RunTestCmds(ctx, run)
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/flingerlab/flinger/drivers"
 	"github.com/flingerlab/flinger/drivers/drivertest"
+	"github.com/flingerlab/flinger/drivers/firmware"
 	"github.com/flingerlab/flinger/events"
 )
 
@@ -22,19 +23,26 @@ func TestBaseConformance(t *testing.T) {
 	})
 }
 
-func TestBaseFirmwareUpdate(t *testing.T) {
+// TestBaseFirmwareUpdateRefused covers what FirmwareUpdate decides before
+// contacting the device (testDevice's address does not answer); the
+// update itself is tested against simulated devices in hooks_test.go.
+func TestBaseFirmwareUpdateRefused(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		data    events.Data
 		wantErr string
 		output  []string
 	}{
-		{"not supported", events.Data{"version": "latest"}, "firmware_update not supported for fake_connector", []string{"firmware_update is not supported by the fake_connector connector"}},
-		{"ignore_failure", events.Data{"version": "latest", "ignore_failure": true}, "", []string{"ignore_failure: true; continuing"}},
-		{"ignore_failure false", events.Data{"ignore_failure": false}, "firmware_update not supported", nil},
+		{"version not latest", events.Data{"version": "1.2.3"}, `firmware_update_data.version "1.2.3" is not supported: LVFS devices can only be updated to "latest"`,
+			[]string{"Firmware update failed: firmware_update_data.version"}},
+		{"no version", events.Data{"ignore_failure": false}, "firmware_update_data.version is required", nil},
+		{"version not a string", events.Data{"version": 2}, "firmware_update_data.version: must be a string", nil},
+		{"ignore_failure", events.Data{"version": "1.2.3", "ignore_failure": true}, "", []string{"Firmware update failed", "ignore_failure: true; continuing"}},
 		{"ignore_failure not a boolean", events.Data{"ignore_failure": "yes"}, "firmware_update_data: ignore_failure: must be true or false, got a string", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			run, out := drivertest.NewRun(t, testDevice, &events.Job{JobQueue: "q", FirmwareUpdateData: tc.data})
 			err := drivers.Base{}.FirmwareUpdate(t.Context(), run)
 			if tc.wantErr == "" {
@@ -43,8 +51,12 @@ func TestBaseFirmwareUpdate(t *testing.T) {
 				}
 			} else if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("FirmwareUpdate = %v, want an error containing %q", err, tc.wantErr)
-			} else if strings.Contains(tc.wantErr, "not supported") && (!errors.Is(err, errors.ErrUnsupported) || drivers.ExitCode(err) != drivers.ExitFailed) {
-				t.Errorf("FirmwareUpdate = %v: want errors.ErrUnsupported and exit code 1", err)
+			} else if drivers.ExitCode(err) != drivers.ExitFailed {
+				t.Errorf("FirmwareUpdate = %v: exit code %d, want 1", err, drivers.ExitCode(err))
+			}
+			var ve *firmware.VersionError
+			if strings.Contains(tc.wantErr, "version \"") && !errors.As(err, &ve) {
+				t.Errorf("FirmwareUpdate = %v (%T), want a *firmware.VersionError", err, err)
 			}
 			for _, s := range tc.output {
 				if !strings.Contains(out.String(), s) {

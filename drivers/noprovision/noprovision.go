@@ -4,7 +4,9 @@
 // provisioning only makes sure the device is up: it checks that
 // test_username@device_ip accepts an SSH login and runs /bin/true; if not,
 // it runs the device's reboot_script on this machine, waits, and checks
-// again until a deadline. The other phases are drivers.Base's.
+// again until a deadline. Like every connector's, provisioning starts with
+// the control-host hook (drivers.Base.PreProvision) for a device with a
+// control_host. The other phases are drivers.Base's.
 //
 // Device configuration keys, beyond Testflinger's (durations in seconds or
 // as "90s", "1m30s", "500ms"):
@@ -141,6 +143,9 @@ func out(run *drivers.Run) io.Writer {
 func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("noprovision provision: %w", err)
+	}
+	if err := d.PreProvision(ctx, run); err != nil {
+		return err
 	}
 	dev := run.Device
 	if dev == nil {

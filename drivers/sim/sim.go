@@ -341,8 +341,31 @@ func (d *DUT) booted(gen uint64) {
 			d.hostKey = k
 		}
 	}
+	d.comeUpLocked(gen, time.Now().Add(listenRetryFor))
+}
+
+// listenRetryFor is how long a booted DUT keeps trying to listen on its
+// port: another socket (an outgoing connection given the port as its
+// ephemeral one) may hold it for a moment.
+const listenRetryFor = 10 * time.Second
+
+// comeUpLocked listens on the DUT's port and enters Up, retrying until
+// deadline while the port is taken.
+func (d *DUT) comeUpLocked(gen uint64, deadline time.Time) {
 	if err := d.listenLocked(); err != nil {
-		d.log.Error("sim: DUT could not listen after boot", "err", err)
+		if time.Now().After(deadline) {
+			d.log.Error("sim: DUT could not listen after boot", "err", err)
+			return
+		}
+		d.bootTimer = time.AfterFunc(50*time.Millisecond, func() {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if d.closed || d.gen != gen || d.state != Booting {
+				return
+			}
+			d.bootTimer = nil
+			d.comeUpLocked(gen, deadline)
+		})
 		return
 	}
 	d.setStateLocked(Up)
