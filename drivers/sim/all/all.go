@@ -6,4 +6,8 @@ package all
 import (
 	// noprovision: a plain SSH device.
 	_ "github.com/flingerlab/flinger/drivers/sim/dutsim"
+	// netboot: the Snappy Test Device Imager and the test image.
+	_ "github.com/flingerlab/flinger/drivers/sim/netbootsim"
+	// oemrecovery, oemscript and its variants: an OEM laptop with a recovery partition.
+	_ "github.com/flingerlab/flinger/drivers/sim/oemsim"
 )
