@@ -56,6 +56,82 @@ var simCases = []simCase{
 		offline: true,
 		events:  []string{events.EventRecoveryFail},
 	},
+	{
+		name:    "netboot xz image",
+		device:  "provision_type: netboot\nsim: {boot_time: 300ms}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-server.img.xz'}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+		events:  []string{events.EventProvisionProgress},
+	},
+	{
+		name:    "netboot zstd image recompressed",
+		device:  "provision_type: netboot\nsim: {boot_time: 300ms, start: master}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-22.04-server.img.zst'}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+	},
+	{
+		name:    "netboot 404",
+		device:  "provision_type: netboot\nsim: {boot_time: 300ms}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-missing.img.xz'}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeFail,
+	},
+	{
+		name:    "netboot corrupt image",
+		device:  "provision_type: netboot\nsim: {boot_time: 300ms}",
+		job:     "provision_data: {url: '{{images}}/corrupt.img.zst'}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeFail,
+	},
+	{
+		name:    "netboot master never comes up",
+		device:  "provision_type: netboot\nmaster_boot_timeout: 2s\nsim: {boot_time: 300ms, imager_never_boots: true}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-server.img.xz'}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeRecoveryFail,
+		offline: true,
+	},
+	{
+		name:    "netboot write fails half way",
+		device:  "provision_type: netboot\nsim: {boot_time: 300ms, write_fails_after: 1048576}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-server.img.xz'}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeFail,
+	},
+	{
+		name:    "oemrecovery",
+		device:  "provision_type: oemrecovery\nsim: {}",
+		job:     "provision_data: {skip: false}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+	},
+	{
+		name:    "oemrecovery never finishes",
+		device:  "provision_type: oemrecovery\nrecovery_timeout: 3s\nsim: {recovery_never_finishes: true}",
+		job:     "provision_data: {skip: false}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeRecoveryFail,
+		offline: true,
+	},
+	{
+		name:    "dell_oemscript",
+		device:  "provision_type: dell_oemscript\nsim: {}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-iso.iso'}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+		events:  []string{events.EventProvisionProgress},
+	},
+	{
+		name:    "hp_oemscript",
+		device:  "provision_type: hp_oemscript\nsim: {}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-iso.iso.xz'}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+	},
+	{
+		name:    "lenovo_oemscript 404",
+		device:  "provision_type: lenovo_oemscript\nsim: {}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-nothing.iso'}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeFail,
+	},
+	{
+		name:    "oemscript",
+		device:  "provision_type: oemscript\nsim: {}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-22.04-iso.iso.zst'}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+	},
 }
 
 // TestSimulatedDevices runs every simCase through a lab's worker, each on
