@@ -95,6 +95,32 @@ var simCases = []simCase{
 		outcome: events.OutcomeFail,
 	},
 	{
+		name:    "muxpi zstd image",
+		device:  "provision_type: muxpi\nsim: {}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-core.img.zst'}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+		events:  []string{events.EventProvisionProgress},
+	},
+	{
+		name:    "muxpi sdwire usb",
+		device:  "provision_type: muxpi\ncontrol_switch_local_cmd: zapper sdwire\nsim: {mux_cli: zapper}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-22.04-pi-desktop.img.xz', media: usb}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+	},
+	{
+		name:    "muxpi write fails half way",
+		device:  "provision_type: muxpi\nsim: {write_fails_after: 1048576}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-server.img.gz'}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeFail,
+	},
+	{
+		name:    "muxpi control host unreachable",
+		device:  "provision_type: muxpi\nsim: {control_unreachable: true}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-server.img.zst'}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeRecoveryFail,
+		offline: true,
+	},
+	{
 		name:    "oemrecovery",
 		device:  "provision_type: oemrecovery\nsim: {}",
 		job:     "provision_data: {skip: false}\ntest_data: {test_cmds: echo tested}",

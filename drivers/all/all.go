@@ -4,8 +4,14 @@
 package all
 
 import (
+	// cm3 (a Compute Module 3 behind a sidecar).
+	_ "github.com/flingerlab/flinger/drivers/cm3"
+	// dragonboard.
+	_ "github.com/flingerlab/flinger/drivers/dragonboard"
 	// fake_connector (alias fake).
 	_ "github.com/flingerlab/flinger/drivers/fake"
+	// muxpi (MuxPi stm, SDWire and Type-C mux).
+	_ "github.com/flingerlab/flinger/drivers/muxpi"
 	// netboot.
 	_ "github.com/flingerlab/flinger/drivers/netboot"
 	// noprovision.
