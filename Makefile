@@ -22,12 +22,13 @@ demo: build
 test: test-deps
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-## test-deps: the OpenSSH server the SSH tests run against (Debian's package).
+## test-deps: the OpenSSH server the SSH tests run against, and the OpenSSH
+## client and zstd the provisioning benchmark's baselines run (Debian's packages).
 test-deps:
-	@if [ ! -x /usr/sbin/sshd ] || [ ! -x /usr/lib/openssh/sftp-server ]; then \
-	  echo "installing openssh-server for the SSH tests"; \
+	@if [ ! -x /usr/sbin/sshd ] || [ ! -x /usr/lib/openssh/sftp-server ] || ! command -v ssh >/dev/null || ! command -v zstdcat >/dev/null; then \
+	  echo "installing openssh-server, openssh-client and zstd for the SSH tests and the provisioning benchmark"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends openssh-server openssh-sftp-server; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends openssh-server openssh-sftp-server openssh-client zstd; \
 	fi
 
 test-short:
@@ -55,7 +56,7 @@ fuzz:
 	done
 
 ## bench: the benchmark suite; writes bench/results.json and bench/report.md.
-bench: build
+bench: build test-deps
 	$(GO) run ./cmd/flinger-bench -flinger $(BIN)/flinger -out bench
 
 clean:

@@ -1,6 +1,7 @@
 // Package bench is Flinger's benchmark suite: each figure is measured
 // beside a baseline taken in the same run on the same machine (raw
-// JetStream, a bare process), so that the ratio holds on a noisy machine.
+// JetStream, a bare process, Testflinger's way of writing an image with
+// OpenSSH), so that the ratio holds on a noisy machine.
 // `make bench` runs every figure and writes bench/results.json and
 // bench/report.md. A figure is one small file that calls Register.
 package bench
