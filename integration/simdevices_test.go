@@ -121,6 +121,32 @@ var simCases = []simCase{
 		offline: true,
 	},
 	{
+		name:    "cm3",
+		device:  "provision_type: cm3\nsim: {}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-22.04-server.img.xz'}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+		events:  []string{events.EventProvisionProgress},
+	},
+	{
+		name:    "cm3 eMMC never appears",
+		device:  "provision_type: cm3\nusb_timeout: 2s\nsim: {usb_never_appears: true}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-22.04-server.img.xz'}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeRecoveryFail,
+		offline: true,
+	},
+	{
+		name:    "dragonboard",
+		device:  "provision_type: dragonboard\nsim: {}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-core.img.zst'}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+	},
+	{
+		name:    "dragonboard never boots the image",
+		device:  "provision_type: dragonboard\nboot_timeout: 3s\nsim: {never_boots: true}",
+		job:     "provision_data: {url: '{{images}}/ubuntu-24.04-core.img.zst'}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeFail,
+	},
+	{
 		name:    "oemrecovery",
 		device:  "provision_type: oemrecovery\nsim: {}",
 		job:     "provision_data: {skip: false}\ntest_data: {test_cmds: echo tested}",
