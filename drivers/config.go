@@ -74,6 +74,11 @@ type HostConfig struct {
 	SSH *SSHSettings
 	// ImageCache is image_cache: the host's shared image cache.
 	ImageCache ImageCacheConfig
+	// SecretsFile is secrets_file: a YAML file mapping secret paths to
+	// values, from which the test_data.secrets of jobs are resolved ("":
+	// the host resolves no secrets). Only the worker should be able to
+	// read it.
+	SecretsFile string
 	// Devices is devices: at least one device.
 	Devices []*DeviceConfig
 }
@@ -89,7 +94,7 @@ func LoadHost(path string) (*HostConfig, error) {
 
 // hostKeys are the top-level keys of a host file. Other top-level keys are
 // ignored, so that a single-machine lab file can carry other sections.
-var hostKeys = []string{"host", "run_dir", "ssh", "image_cache", "devices"}
+var hostKeys = []string{"host", "run_dir", "ssh", "image_cache", "secrets_file", "devices"}
 
 // DefaultImageCacheSize is the image cache's size when image_cache.size
 // is not given.
@@ -221,6 +226,11 @@ func ParseHost(data []byte, source string) (*HostConfig, error) {
 	if n, ok := top["host"]; ok {
 		if hc.Host, err = scalarString(n); err != nil {
 			fail("host: %v", err)
+		}
+	}
+	if n, ok := top["secrets_file"]; ok {
+		if hc.SecretsFile, err = scalarString(n); err != nil {
+			fail("secrets_file: %v", err)
 		}
 	}
 	if n, ok := top["run_dir"]; ok {

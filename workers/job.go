@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,11 +66,13 @@ type jobRun struct {
 	rec *events.JobRecord
 	rev uint64
 
-	dir      string
-	env      []string
-	deadline time.Time
-	status   map[events.Phase]int
-	info     map[string]any
+	dir       string
+	env       []string
+	secretEnv []string        // the job's resolved secrets, for the test phase
+	masker    *drivers.Masker // masks their values in output and events
+	deadline  time.Time
+	status    map[events.Phase]int
+	info      map[string]any
 }
 
 // runJob runs one job delivered from queue to this device, from claim to
@@ -388,9 +391,9 @@ func (r *jobRun) setPhase(p events.Phase) {
 // error and, when it was stopped early, why.
 func (r *jobRun) runPhase(p events.Phase) (rc int, err error, cause error) {
 	d := r.d
-	out := newPhaseOutput(d.w.c, r.job.JobID, p, "")
+	out := newPhaseOutput(d.w.c, r.job.JobID, p, "", r.masker)
 	if p != events.PhaseSetup {
-		out = newPhaseOutput(d.w.c, r.job.JobID, p, filepath.Join(r.dir, string(p)+".log"))
+		out = newPhaseOutput(d.w.c, r.job.JobID, p, filepath.Join(r.dir, string(p)+".log"), r.masker)
 	}
 	defer out.Close()
 
@@ -419,7 +422,11 @@ func (r *jobRun) runPhase(p events.Phase) (rc int, err error, cause error) {
 	line := fmt.Sprintf("Starting testflinger %s phase on %s", p, d.cfg.Name)
 	out.Printf("%s\n* %s *\n%s", strings.Repeat("*", len(line)+4), line, strings.Repeat("*", len(line)+4))
 
-	run := &drivers.Run{Job: r.job, Device: d.cfg, Dir: r.dir, Out: out, Env: r.env, Log: r.log.With("phase", p), Images: d.w.images}
+	env := r.env
+	if p == events.PhaseTest && len(r.secretEnv) > 0 {
+		env = append(slices.Clip(env), r.secretEnv...)
+	}
+	run := &drivers.Run{Job: r.job, Device: d.cfg, Dir: r.dir, Out: out, Env: env, Log: r.log.With("phase", p), Images: d.w.images}
 	if p == events.PhaseProvision {
 		progress := r.progressEvents(p)
 		defer progress.flush()
@@ -495,6 +502,39 @@ func (r *jobRun) setup(out *phaseOutput) error {
 		}
 	}
 	out.Printf("run directory %s ready", r.dir)
+	return r.resolveSecrets()
+}
+
+// resolveSecrets resolves the job's test_data.secrets from the host's
+// secret store, for the test phase's environment, and masks their values
+// in the job's output and events from then on. A secret the store does
+// not hold fails the setup phase, naming its path, before anything runs
+// on the device.
+func (r *jobRun) resolveSecrets() error {
+	if r.job.TestData == nil || len(r.job.TestData.Secrets) == 0 {
+		return nil
+	}
+	store := r.d.w.cfg.Secrets
+	if store == nil {
+		return fmt.Errorf("test_data.secrets: lab host %s has no secret store (secrets_file in its host file)", r.d.w.Host())
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, 30*time.Second)
+	defer cancel()
+	values, err := store.Resolve(ctx, r.job.TestData.Secrets)
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(values))
+	vals := make([]string, 0, len(values))
+	for name, v := range values {
+		names = append(names, name)
+		vals = append(vals, v)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		r.secretEnv = append(r.secretEnv, name+"="+values[name])
+	}
+	r.masker = drivers.NewMasker(vals)
 	return nil
 }
 
@@ -568,7 +608,7 @@ func (r *jobRun) holdReserved(ctx context.Context, out *phaseOutput) error {
 func (r *jobRun) recoveryFailed(err error) {
 	comment := fmt.Sprintf("Set to offline by worker: recovery failed during job %s", r.job.JobID)
 	if err != nil {
-		comment += ": " + err.Error()
+		comment += ": " + r.masker.String(err.Error())
 	}
 	r.d.update(comment, func(s *events.DeviceStatus) {
 		s.State, s.Health, s.Comment = events.StateOffline, events.HealthBad, comment
@@ -730,7 +770,7 @@ func (pe *progressEvents) publishLocked(p image.Progress) {
 func (r *jobRun) event(name string, p events.Phase, detail string) *events.Event {
 	ev := events.NewEvent(name)
 	ev.JobID, ev.Device, ev.Queue, ev.Host = r.job.JobID, r.d.cfg.Name, r.job.JobQueue, r.d.w.Host()
-	ev.Phase, ev.Detail, ev.Attempt = p, detail, r.attempt
+	ev.Phase, ev.Detail, ev.Attempt = p, r.masker.String(detail), r.attempt
 	return ev
 }
 

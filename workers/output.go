@@ -2,11 +2,13 @@ package workers
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/flingerlab/flinger/broker"
+	"github.com/flingerlab/flinger/drivers"
 	"github.com/flingerlab/flinger/events"
 )
 
@@ -27,6 +29,7 @@ type phaseOutput struct {
 	phase   events.Phase
 	subject string
 	onWrite func()
+	masked  io.WriteCloser // masks the job's secrets, or nil
 
 	mu     sync.Mutex
 	buf    []byte
@@ -36,8 +39,13 @@ type phaseOutput struct {
 	closed bool
 }
 
-func newPhaseOutput(c *broker.Client, jobID string, phase events.Phase, logFile string) *phaseOutput {
+// newPhaseOutput returns the output of one phase of a job, also appended
+// to logFile when it is not empty, with the secrets of masker masked.
+func newPhaseOutput(c *broker.Client, jobID string, phase events.Phase, logFile string, masker *drivers.Masker) *phaseOutput {
 	o := &phaseOutput{c: c, jobID: jobID, phase: phase, subject: c.Subj.Log(jobID, phase, "output")}
+	if masker != nil {
+		o.masked = masker.Writer(rawOutput{o})
+	}
 	if logFile != "" {
 		if f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640); err == nil {
 			o.file = f
@@ -46,8 +54,21 @@ func newPhaseOutput(c *broker.Client, jobID string, phase events.Phase, logFile 
 	return o
 }
 
-// Write implements io.Writer.
+// rawOutput writes to a phaseOutput without masking.
+type rawOutput struct{ o *phaseOutput }
+
+func (r rawOutput) Write(p []byte) (int, error) { return r.o.write(p) }
+
+// Write implements io.Writer: p goes out with the job's secrets masked.
 func (o *phaseOutput) Write(p []byte) (int, error) {
+	if o.masked != nil {
+		return o.masked.Write(p)
+	}
+	return o.write(p)
+}
+
+// write sends p as it is.
+func (o *phaseOutput) write(p []byte) (int, error) {
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
@@ -105,6 +126,9 @@ func (o *phaseOutput) flushLocked() {
 
 // Close sends what is left and closes the log file.
 func (o *phaseOutput) Close() error {
+	if o.masked != nil {
+		_ = o.masked.Close() // writes what it held back
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed {

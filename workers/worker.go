@@ -49,6 +49,9 @@ type Config struct {
 	CleanupTimeout time.Duration
 	// KeepRunDirs keeps run directories after jobs end (default: removed).
 	KeepRunDirs bool
+	// Secrets resolves the test_data.secrets of jobs (nil: the host
+	// file's secrets_file, if it names one; else jobs with secrets fail).
+	Secrets SecretStore
 	// Images is the image cache the host's devices share. Nil: Run opens
 	// the one the host file's image_cache section describes, and closes it
 	// when it returns (none when it is disabled, or when its directory is
@@ -131,6 +134,9 @@ func New(cfg Config) (*Worker, error) {
 		draining: make(chan struct{}),
 	}
 	w.cfg.Host.Host = host
+	if w.cfg.Secrets == nil && cfg.Host.SecretsFile != "" {
+		w.cfg.Secrets = FileSecrets{Path: cfg.Host.SecretsFile}
+	}
 	for _, dc := range cfg.Host.Devices {
 		drv, err := drivers.New(dc)
 		if err != nil {
