@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os/exec"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flingerlab/flinger/drivers/sshx"
 )
 
 // waitDelay is how long a script command's output may stay open after it
@@ -231,14 +232,10 @@ func (h *Hooks) checkAPI(ctx context.Context) error {
 	return h.Client.Health(ctx, min(DefaultCheckTimeout, h.Settings.RequestTimeout))
 }
 
-// checkSSH checks that the control host's SSH port accepts a TCP connection.
+// checkSSH checks that an SSH server answers on the control host's SSH
+// port (sshx.Answers: a TCP connection and a version line).
 func (h *Hooks) checkSSH(ctx context.Context) error {
-	d := net.Dialer{Timeout: DefaultCheckTimeout}
-	c, err := d.DialContext(ctx, "tcp", h.Settings.SSHAddr)
-	if err != nil {
-		return err
-	}
-	return c.Close()
+	return sshx.Answers(ctx, h.Settings.SSHAddr, DefaultCheckTimeout)
 }
 
 // waitFor runs check every CheckInterval, for up to timeout (and one

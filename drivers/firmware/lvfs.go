@@ -496,8 +496,8 @@ func (u *updater) reboot(ctx context.Context) error {
 	return &NotBackError{Device: u.o.Device, Addr: u.o.SSH.Addr, Timeout: u.o.RebootTimeout, Err: err}
 }
 
-// waitDown waits up to RebootDelay for the device's SSH port to stop
-// accepting connections, and reports whether it did.
+// waitDown waits up to RebootDelay for the device's SSH server to stop
+// answering (sshx.Answers), and reports whether it did.
 func (u *updater) waitDown(ctx context.Context) (bool, error) {
 	addr := u.o.SSH.Addr
 	if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -506,15 +506,13 @@ func (u *updater) waitDown(ctx context.Context) (bool, error) {
 	deadline := time.Now().Add(u.o.RebootDelay)
 	interval := min(500*time.Millisecond, u.o.RebootDelay)
 	for {
-		d := net.Dialer{Timeout: time.Second}
-		conn, err := d.DialContext(ctx, "tcp", addr)
+		err := sshx.Answers(ctx, addr, time.Second)
 		if ctx.Err() != nil {
 			return false, fmt.Errorf("firmware update: waiting for the reboot: %w", ctx.Err())
 		}
 		if err != nil {
 			return true, nil
 		}
-		_ = conn.Close()
 		if time.Now().Add(interval).After(deadline) {
 			return false, nil
 		}

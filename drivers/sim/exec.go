@@ -46,8 +46,9 @@ func (x *Exec) Errorf(status int, format string, args ...any) int {
 	return status
 }
 
-// RebootAfter makes the device reboot once the command has returned and
-// its exit status was sent, as reboot does.
+// RebootAfter makes the device reboot once the command has returned, as
+// reboot does: it goes down as its exit status is sent, and its
+// connections are cut a moment later.
 func (x *Exec) RebootAfter() {
 	if x.after != nil {
 		*x.after = x.DUT.reboot

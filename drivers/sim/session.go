@@ -102,11 +102,15 @@ func (d *DUT) exec(ctx context.Context, ch ssh.Channel, command string, gen uint
 		}
 		return
 	}
-	_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(code)}))
-	_ = ch.Close()
 	if after != nil {
+		// The DUT goes down now, and cuts its connections a moment later
+		// (rebootDropDelay): the exit status still reaches the client, as
+		// from a real machine shutting down, and a client that checks the
+		// DUT once the command returned finds it going down.
 		after(gen)
 	}
+	_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(code)}))
+	_ = ch.Close()
 }
 
 func (d *DUT) uname(stdout, stderr io.Writer, args []string) int {

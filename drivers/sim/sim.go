@@ -1,7 +1,7 @@
 // Package sim is a simulated device under test reachable over real SSH, so
 // that drivers can be tested with no hardware and behave as against
 // hardware: a power and boot state machine (Off, Booting, Up) whose TCP
-// listener refuses connections unless the device is Up, an SSH server
+// listener resets every connection unless the device is Up, an SSH server
 // (golang.org/x/crypto/ssh) that runs a small, explicit set of commands
 // without any shell, and faults to inject (a device that never boots, a
 // host key that changes on each boot, a slow link, dropped sessions).
@@ -40,8 +40,8 @@ type State int
 
 // The states of a DUT.
 const (
-	Off     State = iota // powered off: connections are refused
-	Booting              // powered on, not answering yet: connections are refused
+	Off     State = iota // powered off: connections are reset at once
+	Booting              // powered on, not answering yet: connections are reset at once
 	Up                   // answering SSH
 )
 
@@ -282,10 +282,6 @@ func (d *DUT) downLocked(s State, delay time.Duration) {
 		d.bootTimer.Stop()
 		d.bootTimer = nil
 	}
-	if d.ln != nil {
-		_ = d.ln.Close()
-		d.ln = nil
-	}
 	conns := make([]net.Conn, 0, len(d.conns))
 	for c := range d.conns {
 		conns = append(conns, c)
@@ -340,33 +336,6 @@ func (d *DUT) booted(gen uint64) {
 		} else {
 			d.hostKey = k
 		}
-	}
-	d.comeUpLocked(gen, time.Now().Add(listenRetryFor))
-}
-
-// listenRetryFor is how long a booted DUT keeps trying to listen on its
-// port: another socket (an outgoing connection given the port as its
-// ephemeral one) may hold it for a moment.
-const listenRetryFor = 10 * time.Second
-
-// comeUpLocked listens on the DUT's port and enters Up, retrying until
-// deadline while the port is taken.
-func (d *DUT) comeUpLocked(gen uint64, deadline time.Time) {
-	if err := d.listenLocked(); err != nil {
-		if time.Now().After(deadline) {
-			d.log.Error("sim: DUT could not listen after boot", "err", err)
-			return
-		}
-		d.bootTimer = time.AfterFunc(50*time.Millisecond, func() {
-			d.mu.Lock()
-			defer d.mu.Unlock()
-			if d.closed || d.gen != gen || d.state != Booting {
-				return
-			}
-			d.bootTimer = nil
-			d.comeUpLocked(gen, deadline)
-		})
-		return
 	}
 	d.setStateLocked(Up)
 }
@@ -502,6 +471,10 @@ func (d *DUT) Close() {
 	if !d.closed {
 		d.downLocked(Off, 0)
 		d.closed = true
+		if d.ln != nil {
+			_ = d.ln.Close()
+			d.ln = nil
+		}
 	}
 	d.mu.Unlock()
 	d.wg.Wait()
@@ -520,6 +493,17 @@ func (d *DUT) accept(ln net.Listener) {
 		d.mu.Lock()
 		if d.closed || d.ln != ln {
 			d.mu.Unlock()
+			_ = nc.Close()
+			continue
+		}
+		if d.state != Up {
+			// Off or booting: nothing answers. The port stays the DUT's
+			// (a listener closed while it is down could be given to
+			// another socket), and the connection is reset at once.
+			d.mu.Unlock()
+			if tc, ok := nc.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
 			_ = nc.Close()
 			continue
 		}

@@ -232,8 +232,8 @@ func TestPowerOffOn(t *testing.T) {
 	if _, _, _, err := run(t, c, "true"); err == nil {
 		t.Error("a session survived the power-off")
 	}
-	if _, err := dial(t, d, store); err == nil || !strings.Contains(err.Error(), "refused") {
-		t.Errorf("dial while off: %v, want connection refused", err)
+	if _, err := dial(t, d, store); err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Errorf("dial while off: %v, want the connection reset", err)
 	}
 	time.Sleep(bootTime + 100*time.Millisecond)
 	if s := d.State(); s != sim.Off {

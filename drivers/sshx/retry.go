@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
+	"net"
 	"time"
 )
 
@@ -187,4 +189,37 @@ func WaitForSSH(ctx context.Context, cfg Config, device string, interval time.Du
 	}
 	d.log.Info("ssh: device reachable", "device", device, "addr", d.addr, "after", time.Since(start).Round(time.Millisecond))
 	return c, nil
+}
+
+// Answers reports whether an SSH server answers at addr (host:port; a bare
+// host means port 22): it must accept a TCP connection and send its
+// version line ("SSH-...") within timeout. A port that accepts but says
+// nothing (a machine shutting down or still booting, a port forward with
+// nothing behind it) does not answer. No login is attempted.
+func Answers(ctx context.Context, addr string, timeout time.Duration) error {
+	addr, err := normalizeAddr(addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetReadDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
+	defer stop()
+	banner := make([]byte, 4)
+	if _, err := io.ReadFull(c, banner); err != nil {
+		return fmt.Errorf("%s accepts connections but sends no SSH version line: %w", addr, err)
+	}
+	if string(banner) != "SSH-" {
+		return fmt.Errorf("%s answers, but not as an SSH server (%q)", addr, banner)
+	}
+	return nil
 }

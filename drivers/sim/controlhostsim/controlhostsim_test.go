@@ -46,13 +46,18 @@ func waitAPI(t *testing.T, s *controlhostsim.Server, up bool) {
 	}
 }
 
+// sshUp reports whether the host's SSH server answers: it sends its
+// version line.
 func sshUp(s *controlhostsim.Server) bool {
 	c, err := net.DialTimeout("tcp", s.Host().Addr(), time.Second)
 	if err != nil {
 		return false
 	}
-	_ = c.Close()
-	return true
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	b := make([]byte, 4)
+	_, err = io.ReadFull(c, b)
+	return err == nil && string(b) == "SSH-"
 }
 
 func TestPowerCycle(t *testing.T) {
