@@ -150,7 +150,13 @@ func submit(t testing.TB, c *broker.Client, job string) string {
 // waitEnd waits for job id's job_end event and returns its final record.
 func waitEnd(t testing.TB, c *broker.Client, id string) *events.JobRecord {
 	t.Helper()
-	waitEvent(t, c, id, events.EventJobEnd)
+	return waitEndWithin(t, c, id, waitLong)
+}
+
+// waitEndWithin is waitEnd with its own bound.
+func waitEndWithin(t testing.TB, c *broker.Client, id string, within time.Duration) *events.JobRecord {
+	t.Helper()
+	waitEventWithin(t, c, id, events.EventJobEnd, within)
 	rec, _, err := c.GetJob(context.Background(), id)
 	if err != nil {
 		t.Fatalf("job record: %v", err)
@@ -161,7 +167,13 @@ func waitEnd(t testing.TB, c *broker.Client, id string) *events.JobRecord {
 // waitEvent waits for an event named name about job id and returns it.
 func waitEvent(t testing.TB, c *broker.Client, id, name string) *events.Event {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	return waitEventWithin(t, c, id, name, waitLong)
+}
+
+// waitEventWithin is waitEvent with its own bound.
+func waitEventWithin(t testing.TB, c *broker.Client, id, name string, within time.Duration) *events.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	seq, err := client.Watch(ctx, c, client.WatchOptions{JobID: id})
 	if err != nil {
@@ -175,7 +187,7 @@ func waitEvent(t testing.TB, c *broker.Client, id, name string) *events.Event {
 			return ev
 		}
 	}
-	t.Fatalf("job %s: no %s event within %s", id, name, waitLong)
+	t.Fatalf("job %s: no %s event within %s", id, name, within)
 	return nil
 }
 

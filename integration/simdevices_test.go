@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/flingerlab/flinger/drivers"
 	_ "github.com/flingerlab/flinger/drivers/sim/all"
@@ -186,6 +187,10 @@ var simCases = []simCase{
 	},
 }
 
+// simWait bounds each simulated job: they all run at once, some write and
+// recompress images, and a machine running the race detector is slow.
+const simWait = 5 * time.Minute
+
 // TestSimulatedDevices runs every simCase through a lab's worker, each on
 // its own simulated device, all at once.
 func TestSimulatedDevices(t *testing.T) {
@@ -209,7 +214,7 @@ func TestSimulatedDevices(t *testing.T) {
 		wg.Go(func() {
 			job := fmt.Sprintf("job_queue: simq-%02d\nname: %q\n%s\n", i, sc.name, strings.ReplaceAll(sc.job, "{{images}}", imagesURL(l)))
 			id := submit(t, c, job)
-			rec := waitEnd(t, c, id)
+			rec := waitEndWithin(t, c, id, simWait)
 			if rec.Outcome != sc.outcome {
 				t.Errorf("%s: outcome %s, want %s\noutput:\n%s", sc.name, rec.Outcome, sc.outcome, tail(output(t, c, id), 3000))
 			}
@@ -239,7 +244,9 @@ func TestSimulatedDevices(t *testing.T) {
 // with a server of simulated images.
 func startSimLab(t *testing.T, host *drivers.HostConfig) *lab.Lab {
 	t.Helper()
-	l, err := lab.Start(t.Context(), labOptions(t, host, workers.Config{RunDir: t.TempDir()}, "127.0.0.1:0"))
+	o := labOptions(t, host, workers.Config{RunDir: t.TempDir()}, "127.0.0.1:0")
+	o.SimImageSize = 4 << 20 // small: the race detector slows every byte down
+	l, err := lab.Start(t.Context(), o)
 	if err != nil {
 		t.Fatalf("start lab: %v", err)
 	}

@@ -41,6 +41,9 @@ type Options struct {
 	// simulated OS images (sim.ImageServer) started along with the
 	// simulated devices, for their jobs' provision_data.url.
 	SimImages string
+	// SimImageSize is the size of the simulated images served (0:
+	// sim.DefaultImageSize).
+	SimImageSize int64
 	// NoOrchestrator runs no orchestrator (for tests that start their own).
 	NoOrchestrator bool
 	// Log is the lab's logger (nil: slog.Default()).
@@ -142,7 +145,7 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 			return nil, err
 		}
 		if l.Simulators.Len() > 0 && o.SimImages != "" {
-			if l.Images, err = sim.StartImageServer(simCtx, o.SimImages, 0, log.With("sim", "images")); err != nil {
+			if l.Images, err = sim.StartImageServer(simCtx, o.SimImages, o.SimImageSize, log.With("sim", "images")); err != nil {
 				return nil, err
 			}
 			log.Info("simulated images served", "url", l.Images.URL())

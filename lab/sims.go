@@ -103,7 +103,7 @@ func StartSimulators(ctx context.Context, host *drivers.HostConfig, dir string, 
 			errs = append(errs, fmt.Errorf("device %s: the simulator's configuration: %w", d.Name, err))
 			continue
 		}
-		for _, name := range []string{d.Name, d.Name + "-control"} {
+		for _, name := range hostKeyNames(d.Name) {
 			if err := host.SSH.Policy().Reset(name); err != nil {
 				errs = append(errs, fmt.Errorf("device %s: resetting the recorded host key: %w", d.Name, err))
 			}
@@ -115,6 +115,13 @@ func StartSimulators(ctx context.Context, host *drivers.HostConfig, dir string, 
 		return nil, errors.Join(errs...)
 	}
 	return s, nil
+}
+
+// hostKeyNames are the names under which drivers record the host keys of
+// a device's hosts: the device, its control host, its sidecar and its
+// master image.
+func hostKeyNames(device string) []string {
+	return []string{device, device + "-control", device + "-sidecar", device + "-master"}
 }
 
 // simSettings reads the sim key: true, null or a mapping.
