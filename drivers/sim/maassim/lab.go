@@ -1,0 +1,290 @@
+package maassim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flingerlab/flinger/drivers/sim"
+)
+
+// Type is the connector type this package simulates.
+const Type = "maas2"
+
+func init() {
+	sim.RegisterLab(Type, func(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
+		return StartLab(ctx, opts)
+	})
+}
+
+// CredentialsFile is the name of the file, in the lab device's directory,
+// that holds the simulated MAAS's API key (mode 0600).
+const CredentialsFile = "maas-api-key"
+
+// LabSettings documents the sim: keys of a maas2 device's entry in a lab
+// file (durations as Go durations such as "2s" or whole seconds; sizes as
+// bytes or with K, M, G or T, powers of 1000):
+//
+//	version: 3.5.0             # the MAAS version reported (ephemeral deploys need 3.5)
+//	node_id: abc123            # the machine's system id (default: a random one)
+//	deploy_time: 2s            # how long a deployment takes (default 2s)
+//	release_time: 500ms        # how long a release takes (default 500ms)
+//	boot_time: 1s              # how long the deployed system takes to boot (default 1s)
+//	disks: [500G, 250G]        # the machine's disks, sda, sdb, ... (default 500 GB and 250 GB)
+//	status: Ready              # the machine's status at start: Ready, Deployed, Allocated, Broken, New
+//	not_admin: false           # the key's user is not an administrator (may not mark fixed)
+//	no_tpm: false              # the machine has no TPM
+//	deploy_fails: false        # every deployment fails, with a curtin error in the log
+//	release_hangs: false       # a release never completes until the machine is powered off
+//	mark_broken_refused: false # mark_broken answers 409
+//	bmc_unresponsive: false    # power requests are ignored (releases hang, deployments fail)
+//	no_address: false          # the deployed machine gets another address than device_ip
+//	never_boots: false         # the deployed system never answers SSH
+//	wrong_distro: false        # the machine boots another release than the one deployed
+//	host_key_changes: false    # a new SSH host key on every boot
+//	efi_disk_first: false      # the firmware puts the disk first in the boot order after a deployment
+//	fail_requests: 0           # the first this many API requests answer 500
+//	drop_requests: 0           # the first this many API requests get no answer
+//	slow_answers: 0s           # every API answer is delayed this long
+//
+// The device keys it gives (Config): maas_url, maas_credentials (a file
+// in the device's directory, mode 0600), node_id, maas_user, device_ip,
+// ssh_port, and polling intervals and timeouts suited to a simulator
+// (poll_interval 200ms, poll_max 1s, release_timeout 30s,
+// fallback_timeout 10s, boot_timeout 60s, ssh_check_interval 200ms,
+// maas_retry_interval 200ms). The deployed system accepts ubuntu (password
+// ubuntu) and the lab's keys.
+var LabSettings = []string{
+	"version", "node_id", "deploy_time", "release_time", "boot_time", "disks", "status", "not_admin", "no_tpm",
+	"deploy_fails", "release_hangs", "mark_broken_refused", "bmc_unresponsive", "no_address", "never_boots",
+	"wrong_distro", "host_key_changes", "efi_disk_first", "fail_requests", "drop_requests", "slow_answers",
+}
+
+// Lab defaults: slower than the tests', so that a demo can be watched.
+const (
+	labDeployTime  = 2 * time.Second
+	labReleaseTime = 500 * time.Millisecond
+	labBootTime    = time.Second
+)
+
+// LabDevice is a simulated MAAS with one machine, started for a lab.
+type LabDevice struct {
+	// Server is the simulated MAAS.
+	Server *Server
+	// Machine is its machine.
+	Machine *Machine
+	// Credentials is the path of the file holding the API key.
+	Credentials string
+}
+
+// Config returns the device keys that reach the simulated MAAS and its
+// machine.
+func (d *LabDevice) Config() map[string]any {
+	return map[string]any{
+		"maas_url":            d.Server.URL(),
+		"maas_credentials":    d.Credentials,
+		"maas_user":           d.Server.user,
+		"node_id":             d.Machine.SystemID(),
+		"device_ip":           d.Machine.DeviceIP(),
+		"ssh_port":            d.Machine.SSHPort(),
+		"poll_interval":       "200ms",
+		"poll_max":            "1s",
+		"release_timeout":     "30s",
+		"fallback_timeout":    "10s",
+		"boot_timeout":        "60s",
+		"ssh_check_interval":  "200ms",
+		"maas_retry_interval": "200ms",
+	}
+}
+
+// Close stops the simulated MAAS and its machine.
+func (d *LabDevice) Close() { d.Server.Close() }
+
+// StartLab starts a simulated MAAS with one machine for a lab device
+// (see LabSettings), writing its API key into opts.Dir.
+func StartLab(ctx context.Context, opts sim.LabOptions) (*LabDevice, error) {
+	for _, k := range slices.Sorted(maps.Keys(opts.Settings)) {
+		if !slices.Contains(LabSettings, k) {
+			return nil, fmt.Errorf("sim.%s: unknown key (known: %s)", k, strings.Join(LabSettings, ", "))
+		}
+	}
+	set := settings(opts.Settings)
+	so := Options{Log: opts.Log}
+	mo := MachineOptions{
+		Hostname: opts.Name, AuthorizedKeys: opts.AuthorizedKeys,
+		Users:      map[string]string{"ubuntu": "ubuntu"},
+		DeployTime: labDeployTime, ReleaseTime: labReleaseTime, BootTime: labBootTime,
+	}
+	var err error
+	if so.Version, err = set.str("version", DefaultVersion); err != nil {
+		return nil, err
+	}
+	if mo.SystemID, err = set.str("node_id", ""); err != nil {
+		return nil, err
+	}
+	if mo.Status, err = set.str("status", StatusReady); err != nil {
+		return nil, err
+	}
+	for _, dk := range []struct {
+		key string
+		dst *time.Duration
+	}{{"deploy_time", &mo.DeployTime}, {"release_time", &mo.ReleaseTime}, {"boot_time", &mo.BootTime}, {"slow_answers", &so.Faults.SlowAnswers}} {
+		if *dk.dst, err = set.duration(dk.key, *dk.dst); err != nil {
+			return nil, err
+		}
+	}
+	if mo.Disks, err = set.disks("disks"); err != nil {
+		return nil, err
+	}
+	f := &mo.Faults
+	for _, b := range []struct {
+		key string
+		dst *bool
+	}{
+		{"not_admin", &so.NotAdmin}, {"no_tpm", &mo.NoTPM}, {"deploy_fails", &f.DeployFails}, {"release_hangs", &f.ReleaseHangs},
+		{"mark_broken_refused", &f.MarkBrokenRefused}, {"bmc_unresponsive", &f.BMCUnresponsive}, {"no_address", &f.NoAddress},
+		{"never_boots", &f.NeverBoots}, {"wrong_distro", &f.WrongDistro}, {"host_key_changes", &f.HostKeyChanges},
+		{"efi_disk_first", &f.EFIDiskFirst},
+	} {
+		if *b.dst, err = set.boolean(b.key); err != nil {
+			return nil, err
+		}
+	}
+	for _, n := range []struct {
+		key string
+		dst *int
+	}{{"fail_requests", &so.Faults.FailRequests}, {"drop_requests", &so.Faults.DropRequests}} {
+		if *n.dst, err = set.count(n.key); err != nil {
+			return nil, err
+		}
+	}
+	srv, err := Start(ctx, so)
+	if err != nil {
+		return nil, err
+	}
+	m, err := srv.AddMachine(ctx, mo)
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	path := filepath.Join(opts.Dir, CredentialsFile)
+	if err := writeSecret(path, srv.Key()+"\n"); err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("maassim: writing the API key: %w", err)
+	}
+	return &LabDevice{Server: srv, Machine: m, Credentials: path}, nil
+}
+
+// writeSecret writes a file only its owner can read, whatever the umask.
+func writeSecret(path, content string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(content); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// settings reads a lab entry's sim: keys.
+type settings map[string]any
+
+func (s settings) str(key, def string) (string, error) {
+	switch v := s[key].(type) {
+	case nil:
+		return def, nil
+	case string:
+		return v, nil
+	case int, float64:
+		return fmt.Sprint(v), nil
+	default:
+		return "", fmt.Errorf("sim.%s: must be a string, got %T", key, v)
+	}
+}
+
+func (s settings) boolean(key string) (bool, error) {
+	switch v := s[key].(type) {
+	case nil:
+		return false, nil
+	case bool:
+		return v, nil
+	default:
+		return false, fmt.Errorf("sim.%s: must be true or false, got %T", key, v)
+	}
+}
+
+func (s settings) count(key string) (int, error) {
+	switch v := s[key].(type) {
+	case nil:
+		return 0, nil
+	case int:
+		if v >= 0 {
+			return v, nil
+		}
+	case float64:
+		if v >= 0 && v == float64(int(v)) {
+			return int(v), nil
+		}
+	}
+	return 0, fmt.Errorf("sim.%s: must be a whole number, at least 0, got %v", key, s[key])
+}
+
+func (s settings) duration(key string, def time.Duration) (time.Duration, error) {
+	var d time.Duration
+	switch v := s[key].(type) {
+	case nil:
+		return def, nil
+	case int:
+		d = time.Duration(v) * time.Second
+	case float64:
+		d = time.Duration(v * float64(time.Second))
+	case string:
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			n, nerr := strconv.Atoi(v)
+			if nerr != nil {
+				return 0, fmt.Errorf("sim.%s: %q is not a duration such as 2s or 500ms", key, v)
+			}
+			d = time.Duration(n) * time.Second
+		}
+	default:
+		return 0, fmt.Errorf("sim.%s: must be a duration such as 2s, got %T", key, v)
+	}
+	if d < 0 || d > time.Hour {
+		return 0, fmt.Errorf("sim.%s: %s out of range (0s to 1h)", key, d)
+	}
+	return d, nil
+}
+
+// disks reads a list of disk sizes.
+func (s settings) disks(key string) ([]Disk, error) {
+	v, ok := s[key]
+	if !ok || v == nil {
+		return nil, nil
+	}
+	list, ok := v.([]any)
+	if !ok || len(list) == 0 {
+		return nil, fmt.Errorf("sim.%s: must be a list of disk sizes, such as [500G, 250G]", key)
+	}
+	var out []Disk
+	for i, e := range list {
+		n, err := parseSize(fmt.Sprint(e))
+		if err != nil || n < 64<<20 {
+			return nil, fmt.Errorf("sim.%s[%d]: %v is not a disk size of at least 64M", key, i, e)
+		}
+		out = append(out, Disk{Name: "sd" + string(rune('a'+i)), Size: n, Model: "QEMU HARDDISK", Serial: fmt.Sprintf("QM%05d", i+1)})
+	}
+	return out, nil
+}
