@@ -10,6 +10,8 @@ import (
 	_ "github.com/flingerlab/flinger/drivers/dragonboard"
 	// fake_connector (alias fake).
 	_ "github.com/flingerlab/flinger/drivers/fake"
+	// maas2 (machines a MAAS region controller deploys).
+	_ "github.com/flingerlab/flinger/drivers/maas2"
 	// muxpi (MuxPi stm, SDWire and Type-C mux).
 	_ "github.com/flingerlab/flinger/drivers/muxpi"
 	// netboot.

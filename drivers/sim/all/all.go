@@ -10,6 +10,8 @@ import (
 	_ "github.com/flingerlab/flinger/drivers/sim/dragonboardsim"
 	// noprovision: a plain SSH device.
 	_ "github.com/flingerlab/flinger/drivers/sim/dutsim"
+	// maas2: a MAAS region controller and a machine it deploys.
+	_ "github.com/flingerlab/flinger/drivers/sim/maassim"
 	// muxpi: a MuxPi/SDWire/Type-C mux control host and its DUT.
 	_ "github.com/flingerlab/flinger/drivers/sim/muxpisim"
 	// netboot: the Snappy Test Device Imager and the test image.
