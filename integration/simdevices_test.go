@@ -148,6 +148,25 @@ var simCases = []simCase{
 		outcome: events.OutcomeFail,
 	},
 	{
+		name:    "maas2 custom layout",
+		device:  "provision_type: maas2\nsim: {deploy_time: 500ms, boot_time: 300ms}",
+		job:     "provision_data:\n  distro: noble\n  disks:\n    - {id: d0, type: disk, ptable: gpt}\n    - {id: p1, type: partition, device: d0, number: 1, size: 100G}\n    - {id: f1, type: format, volume: p1, fstype: ext4}\n    - {id: m1, type: mount, device: f1, path: /}\ntest_data: {test_cmds: echo tested}",
+		outcome: events.OutcomePass,
+	},
+	{
+		name:    "maas2 deployment fails",
+		device:  "provision_type: maas2\nsim: {deploy_time: 500ms, deploy_fails: true}",
+		job:     "provision_data: {distro: jammy}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeFail,
+	},
+	{
+		name:    "maas2 release hangs and nothing brings the node back",
+		device:  "provision_type: maas2\nrelease_timeout: 3s\nfallback_timeout: 2s\nsim: {status: Deployed, release_hangs: true, bmc_unresponsive: true, mark_broken_refused: true}",
+		job:     "provision_data: {distro: jammy}\ntest_data: {test_cmds: echo never}",
+		outcome: events.OutcomeRecoveryFail,
+		offline: true,
+	},
+	{
 		name:    "oemrecovery",
 		device:  "provision_type: oemrecovery\nsim: {}",
 		job:     "provision_data: {skip: false}\ntest_data: {test_cmds: echo tested}",

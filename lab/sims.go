@@ -51,12 +51,12 @@ func (s *Simulators) Len() int {
 // StartSimulators starts a simulator for every device of host whose entry
 // has a sim key, in dir (a directory of its own per device), and rewrites
 // the device's configuration to reach it: the keys the simulator gives
-// (device_ip, ssh_port, control_host, reboot_script, ...) replace the
-// entry's. The simulators accept the host's SSH key file (ssh.key_file); a
-// host with none is given one, made in dir. The host-key records of the
-// simulated devices are reset, since a simulator has new host keys each
-// time it starts. Every device is tried; the errors are joined, each
-// naming its device.
+// (device_ip, ssh_port, control_host, reboot_script, ...) are added, and
+// those the entry sets itself (a timeout, say) are kept. The simulators
+// accept the host's SSH key file (ssh.key_file); a host with none is
+// given one, made in dir. The host-key records of the simulated devices
+// are reset, since a simulator has new host keys each time it starts.
+// Every device is tried; the errors are joined, each naming its device.
 func StartSimulators(ctx context.Context, host *drivers.HostConfig, dir string, log *slog.Logger) (*Simulators, error) {
 	if log == nil {
 		log = slog.Default()
@@ -140,8 +140,16 @@ func simSettings(v any) (map[string]any, error) {
 	return nil, fmt.Errorf("must be true or a mapping of simulator settings, got %s", events.TypeName(v))
 }
 
-// apply merges a simulator's keys into a device's configuration.
-func apply(d *drivers.DeviceConfig, keys map[string]any) error {
+// apply merges a simulator's keys into a device's configuration; a key
+// the device's entry sets itself is kept, so that a lab file can tune a
+// simulated device's timeouts.
+func apply(d *drivers.DeviceConfig, simKeys map[string]any) error {
+	keys := map[string]any{}
+	for k, v := range simKeys {
+		if _, set := d.Raw[k]; !set {
+			keys[k] = v
+		}
+	}
 	raw := events.Data{}
 	for k, v := range d.Raw {
 		raw[k] = v
