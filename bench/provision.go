@@ -202,7 +202,7 @@ func provisionFigure(ctx context.Context, env *Env, p provisionParams) (*Result,
 	}}
 	res.Notes = append(res.Notes, fmt.Sprintf("The image is a %s simulated OS image (drivers/sim: three blocks in four text, one random), compressed with zstd (klauspost/compress, default level) to %s (%.2f×), served over HTTP on loopback with Content-Length and Range (http.ServeContent). MB/s are of the uncompressed image (%d bytes ÷ seconds, 1 MB = 10⁶ bytes), end to end from the first request to dd's exit; every write is read back and its SHA-256 checked against the image after the clock stops.",
 		sizeWords(p.size), sizeWords(rig.zstSize), float64(p.size)/float64(rig.zstSize), p.size))
-	res.Notes = append(res.Notes, fmt.Sprintf("Flinger is drivers/flash.Write, the muxpi driver's write path, with a fresh image cache on disk each time (so the download is part of the time), dialling with drivers/sshx (x/crypto/ssh, which prefers aes128-gcm@openssh.com). \"Into OpenSSH\" is Debian's sshd on loopback running `dd of=FILE bs=%s` with FILE %s: the same server, user and target the baselines use. Auto picks %s decompression: %s. The simulated control host is drivers/sim's DUT (an x/crypto/ssh server in this process that hashes every byte written to its disk), so its rate is bounded by the simulator, not by Flinger.",
+	res.Notes = append(res.Notes, fmt.Sprintf("Flinger is drivers/flash.Write, the muxpi driver's write path, with a fresh image cache on disk each time (so the download is part of the time), dialling with drivers/sshx (x/crypto/ssh, which prefers aes128-gcm@openssh.com). \"Into OpenSSH\" is Debian's sshd on loopback running `dd of=FILE bs=%s` with FILE %s: the same server, user and target the baselines use. Auto picks %s decompression for this zstd image: %s. The simulated control host is drivers/sim's DUT (an x/crypto/ssh server in this process that hashes every byte written to its disk), so its rate is bounded by the simulator, not by Flinger.",
 		ddBlockSize, rig.outWhere(), autoMode, autoWords(autoMode)))
 	res.Notes = append(res.Notes, fmt.Sprintf("Testflinger's way, as its muxpi connector does it: download the URL to a local file (Go net/http standing in for Python requests), then `cat FILE | ssh HOST 'zstdcat | dd of=FILE bs=%s'` with the OpenSSH client (its default cipher, chacha20-poly1305@openssh.com), the cat and ssh processes joined by a pipe as a shell joins them. The ceiling is `cat RAW | ssh HOST 'cat > /dev/null'` with the %s uncompressed image: what OpenSSH alone carries on this machine.",
 		ddBlockSize, sizeWords(p.size)))
@@ -211,7 +211,10 @@ func provisionFigure(ctx context.Context, env *Env, p provisionParams) (*Result,
 	res.Notes = append(res.Notes, fmt.Sprintf("The fan-out starts %d simulated control hosts and writes the same URL into all of them at once through one shared image cache: the first write streams from the network while filling the cache, the others wait for that download and stream from the cached file. The aggregate rate is %d × the image ÷ the time until the last dd exited.", p.devices, p.devices))
 	res.Notes = append(res.Notes, notes...)
 	for _, f := range rig.profiled {
-		what := "Flinger's write into OpenSSH (auto, first trial): this process (HTTP server, download, cache, decompression, SSH client); sshd, dd and zstdcat run in their own processes"
+		what := "Flinger's write into OpenSSH (auto, first trial): this process (HTTP server, download, cache, decompression, SSH client); sshd and dd run in their own processes"
+		if autoMode == flash.Remote.String() {
+			what = "Flinger's write into OpenSSH (auto, first trial): this process (HTTP server, download, cache, SSH client); sshd, zstdcat and dd run in their own processes"
+		}
 		if strings.Contains(f, "fanout") {
 			what = fmt.Sprintf("the %d-host fan-out (first trial): this process, simulated control hosts included", p.devices)
 		}
@@ -220,12 +223,12 @@ func provisionFigure(ctx context.Context, env *Env, p provisionParams) (*Result,
 	return res, nil
 }
 
-// autoWords explains the mode Auto picks.
+// autoWords explains the mode Auto picks for the zstd image.
 func autoWords(mode string) string {
 	if mode == flash.Local.String() {
-		return "the lab host decompresses and sends the raw image, since real control hosts are small ARM boards that decompress slowly, so the SSH link carries the uncompressed bytes"
+		return "the lab host decompresses and sends the raw image, so the SSH link carries the uncompressed bytes"
 	}
-	return "the compressed image is sent and decompressed by zstdcat on the control host"
+	return "zstd and gzip images are sent as served and decompressed on the control host (`bash -o pipefail -c 'zstdcat | dd ...'`, started as soon as the first bytes show the format, while the same download fills the image cache and the SSH stream carries it: nothing waits for the whole download), since zstdcat and zcat are fast even on the small ARM boards control hosts are and four times fewer bytes cross SSH; xz and bzip2, slow on such boards, are decompressed here. The device key decompress (local or remote) overrides Auto; the other side is measured beside it"
 }
 
 // secs says a duration in seconds.
@@ -796,7 +799,7 @@ func (r *provisionRig) flingerOpenSSH(ctx context.Context, mode flash.Mode) (pat
 	run.cpu = m.cpu(ctx)
 	run.detail = "decompressed here"
 	if res.Remote {
-		run.detail = fmt.Sprintf("downloaded, then sent %s compressed", sizeWords(res.BytesIn))
+		run.detail = fmt.Sprintf("%s streamed compressed while downloading, decompressed by zstdcat", sizeWords(res.BytesIn))
 	}
 	if run.written, err = hashFile(out); err != nil {
 		return pathRun{}, err

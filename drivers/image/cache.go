@@ -453,6 +453,30 @@ func (c *Cache) leave(f *flight) *blob {
 	return nil
 }
 
+// Forget drops what the cache knows of src's URL, so that the next Open
+// or Stream of it downloads it again (revalidating it with the server is
+// not enough: the server may have been fixed since, or the download
+// damaged). It is for a caller that found the image corrupt where this
+// package could not see it (see CorruptError); the cached bytes stay
+// until evicted, reachable by their sha256. A local file, an invalid
+// source, a URL the cache does not know and a nil Cache are ignored.
+func (c *Cache) Forget(src Source) {
+	if c == nil {
+		return
+	}
+	r, err := src.resolve()
+	if err != nil || r.url == "" {
+		return
+	}
+	c.mu.Lock()
+	_, known := c.urls[r.url]
+	c.mu.Unlock()
+	if known {
+		c.log.Info("forgetting a corrupt image's URL; the next use downloads it again", "url", r.name)
+		c.forget(r.url)
+	}
+}
+
 // forget drops what the cache knows of url, so that the next Open or
 // Stream of it downloads it again: after a corrupt stream, the server may
 // have been fixed since, or the download may have been damaged.
@@ -553,6 +577,11 @@ func (c *Cache) download(f *flight) (downloaded, error) {
 	sum := hs.sum()
 	if r.sha != "" && sum != r.sha {
 		return downloaded{}, newError(Checksum, r.name, nil, "sha256 mismatch: want %s, got %s", r.sha, sum)
+	}
+	if f.tap != nil {
+		// The Stream reading along has the whole, checked image: let it
+		// end its destination while the file is synced to disk.
+		f.tap.finish(nil)
 	}
 	if err := tmp.Sync(); err != nil {
 		return downloaded{}, newError(Local, r.name, err, "writing the cache file: %v", err)

@@ -64,6 +64,18 @@
 // verified: a sha256 mismatch is reported at the end, after dd has
 // written the bad image.
 //
+// [StreamOptions.Raw] streams the bytes as served instead, still
+// compressed, with the same cache, resumption and checks, for a caller
+// that decompresses on the far side ([StreamOptions.RawIf] lets it choose
+// once the first bytes have shown the format). A corrupt stream is then
+// found by the far side's decompressor, not here: the caller reports it
+// with [CorruptError] and has the cache forget the URL with
+// [Cache.Forget], so that the classification drivers see stays the one
+// of [*Error]. [StreamOptions.OnComplete] says when the destination has
+// the whole image and it passed its checks, before the cache has synced
+// its copy to disk: a caller can end dd's input then, so that the two
+// overlap.
+//
 // # Errors
 //
 // Every failure is an [*Error] whose [Kind] says what went wrong (not

@@ -111,3 +111,18 @@ func canceled(ctx context.Context, url string) *Error {
 	}
 	return &Error{Kind: Canceled, URL: url, Detail: detail, Err: cause}
 }
+
+// CorruptError returns the Corrupt *Error for the image src names, whose
+// stream (compressed as format) was found damaged by cause outside this
+// package: by a decompressor on the far side of an SSH connection that
+// received the image as served (StreamOptions.Raw), for example. Its
+// message reads "image <url>: corrupt <format> stream: <cause>". A caller
+// holding a Cache also calls Cache.Forget, so that the next attempt
+// downloads the image again, as a corrupt Stream does by itself.
+func CorruptError(src Source, format Format, cause error) *Error {
+	detail := fmt.Sprintf("corrupt %s stream", format)
+	if cause != nil {
+		detail += ": " + cause.Error()
+	}
+	return &Error{Kind: Corrupt, URL: src.String(), Detail: detail, Err: cause}
+}

@@ -28,6 +28,41 @@ type StreamOptions struct {
 	Progress func(Progress)
 	// Log receives diagnostics (nil: discarded).
 	Log *slog.Logger
+	// Raw streams the image as served, still compressed, for a caller
+	// that decompresses it elsewhere (such as "zstdcat | dd" on a control
+	// host: Format.Cat names the command). Everything else is as without
+	// it: the cache is filled while streaming, another caller's download
+	// is waited for, a dropped download resumes and the sha256 is checked
+	// at the end; Result.Format is still found from the first bytes, and
+	// Result.BytesOut and Progress.BytesOut count the bytes written to dst,
+	// as served. A corrupt stream cannot be noticed here then: a caller
+	// whose decompressor finds it corrupt reports it with CorruptError and
+	// Cache.Forget.
+	Raw bool
+	// RawIf, if not nil and Raw is not set, decides from the image's
+	// format, once its first bytes have arrived and before anything is
+	// written to dst, whether to stream it as served (true, as Raw) or
+	// decompressed (false). It is called at most once, from the goroutine
+	// calling Stream.
+	RawIf func(Format) bool
+	// OnComplete, if not nil, is called once every byte has been written
+	// to dst and the image has passed its checks (the sha256, when
+	// given), before Stream waits for the cache to store its copy (an
+	// fsync that takes a while for a large image) and for the last
+	// progress report: a caller that has to end dst (close dd's input)
+	// can do it then, so that both overlap. It is called at most once,
+	// from the goroutine calling Stream, which can still fail after it
+	// when the cache cannot store the image.
+	OnComplete func()
+}
+
+// rawFunc returns the decision between raw and decompressed streaming
+// that o asks for (nil: always decompress).
+func (o StreamOptions) rawFunc() func(Format) bool {
+	if o.Raw {
+		return func(Format) bool { return true }
+	}
+	return o.RawIf
 }
 
 // Result says what Stream wrote.
@@ -36,19 +71,25 @@ type Result struct {
 	Format Format
 	// BytesIn is the compressed bytes received or read from disk.
 	BytesIn int64
-	// BytesOut is the decompressed bytes written to the destination.
+	// BytesOut is the bytes written to the destination: decompressed, or
+	// as served when Raw is set.
 	BytesOut int64
 	// SHA256 is the sha256 of the image as served (compressed), in hex.
 	SHA256 string
 	// FromCache reports that the image was streamed from the cache.
 	FromCache bool
+	// Raw reports that the bytes were written as served, not decompressed
+	// (StreamOptions.Raw or RawIf).
+	Raw bool
 }
 
 // Stream writes the decompressed image src names to dst as it arrives:
 // the download, the cache file (when opts.Cache is set), the decompressor
 // and dst all run at once, so dst (typically the stdin of dd) starts
 // receiving bytes while the image is still downloading, and a slow dst
-// slows the download down rather than filling memory.
+// slows the download down rather than filling memory. With opts.Raw (or
+// opts.RawIf) the bytes go to dst as served, still compressed, in the
+// same way.
 //
 // With a cache, an image already cached streams from disk without asking
 // the server; one that another caller is downloading is waited for and
@@ -70,17 +111,34 @@ func Stream(ctx context.Context, src Source, dst io.Writer, opts StreamOptions) 
 	if err != nil {
 		return Result{}, err
 	}
+	p := pumpOpts{progress: opts.Progress, raw: opts.rawFunc(), complete: opts.OnComplete}
 	if r.path != "" {
-		return streamFile(ctx, r, r.path, "", dst, opts.Progress)
+		return streamFile(ctx, r, r.path, "", dst, p)
 	}
 	if opts.Cache != nil {
-		return opts.Cache.stream(ctx, r, dst, opts.Progress)
+		return opts.Cache.stream(ctx, r, dst, p)
 	}
-	return streamDirect(ctx, r, dst, opts)
+	return streamDirect(ctx, r, dst, opts, p)
+}
+
+// pumpOpts are the options every way of streaming shares.
+type pumpOpts struct {
+	progress func(Progress)
+	// raw decides whether to stream the bytes as served (nil: never).
+	raw func(Format) bool
+	// complete, if not nil, is told that dst has the whole, checked image.
+	complete func()
+}
+
+// completed calls p.complete, if set.
+func (p pumpOpts) completed() {
+	if p.complete != nil {
+		p.complete()
+	}
 }
 
 // streamDirect streams from the server without a cache.
-func streamDirect(ctx context.Context, r resolved, dst io.Writer, opts StreamOptions) (Result, error) {
+func streamDirect(ctx context.Context, r resolved, dst io.Writer, opts StreamOptions, p pumpOpts) (Result, error) {
 	client, log := opts.Client, opts.Log
 	if client == nil {
 		client = http.DefaultClient
@@ -112,8 +170,8 @@ func streamDirect(ctx context.Context, r resolved, dst io.Writer, opts StreamOpt
 	}()
 	stop := context.AfterFunc(ctx, func() { pr.CloseWithError(canceled(ctx, r.name)) })
 	defer stop()
-	rep := startReporter(opts.Progress, &in, &out, &total)
-	format, err := pump(r.name, pr, dst, &out)
+	rep := startReporter(p.progress, &in, &out, &total)
+	format, raw, err := pump(r.name, pr, dst, &out, p.raw)
 	pr.CloseWithError(errStreamEnded)
 	if err != nil {
 		cancel()
@@ -122,8 +180,11 @@ func streamDirect(ctx context.Context, r resolved, dst io.Writer, opts StreamOpt
 	if err == nil {
 		err = d.err
 	}
+	if err == nil {
+		p.completed()
+	}
 	rep.stop(err == nil)
-	res := Result{Format: format, BytesIn: in.Load(), BytesOut: out.Load(), SHA256: d.sum}
+	res := Result{Format: format, BytesIn: in.Load(), BytesOut: out.Load(), SHA256: d.sum, Raw: raw}
 	if err != nil {
 		res.SHA256 = ""
 		if ctx.Err() != nil {
@@ -135,7 +196,7 @@ func streamDirect(ctx context.Context, r resolved, dst io.Writer, opts StreamOpt
 }
 
 // stream is Stream with a cache.
-func (c *Cache) stream(ctx context.Context, r resolved, dst io.Writer, progress func(Progress)) (Result, error) {
+func (c *Cache) stream(ctx context.Context, r resolved, dst io.Writer, p pumpOpts) (Result, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -143,7 +204,7 @@ func (c *Cache) stream(ctx context.Context, r resolved, dst io.Writer, progress 
 	}
 	if im := c.hitLocked(r); im != nil {
 		c.mu.Unlock()
-		return c.streamImage(ctx, r, im, dst, progress)
+		return c.streamImage(ctx, r, im, dst, p)
 	}
 	if f := c.flights[r.url+"\x00"+r.sha]; f != nil {
 		f.waiters++
@@ -153,7 +214,7 @@ func (c *Cache) stream(ctx context.Context, r resolved, dst io.Writer, progress 
 		if err != nil {
 			return Result{}, err
 		}
-		return c.streamImage(ctx, r, im, dst, progress)
+		return c.streamImage(ctx, r, im, dst, p)
 	}
 	pr, pw := io.Pipe()
 	f := c.joinLocked(r, &tap{pw: pw, name: r.name})
@@ -162,8 +223,8 @@ func (c *Cache) stream(ctx context.Context, r resolved, dst io.Writer, progress 
 	stop := context.AfterFunc(ctx, func() { pr.CloseWithError(canceled(ctx, r.name)) })
 	defer stop()
 	var out atomic.Int64
-	rep := startReporter(progress, &f.in, &out, &f.total)
-	format, err := pump(r.name, pr, dst, &out)
+	rep := startReporter(p.progress, &f.in, &out, &f.total)
+	format, raw, err := pump(r.name, pr, dst, &out, p.raw)
 	pr.CloseWithError(errStreamEnded)
 	if errors.Is(err, errFromCache) {
 		// The server says the cached copy is current: nothing came through.
@@ -172,7 +233,7 @@ func (c *Cache) stream(ctx context.Context, r resolved, dst io.Writer, progress 
 		if err != nil {
 			return Result{}, err
 		}
-		return c.streamImage(ctx, r, im, dst, progress)
+		return c.streamImage(ctx, r, im, dst, p)
 	}
 	if err != nil {
 		rep.stop(false)
@@ -185,12 +246,14 @@ func (c *Cache) stream(ctx context.Context, r resolved, dst io.Writer, progress 
 		if ctx.Err() != nil {
 			err = canceled(ctx, r.name)
 		}
-		return Result{Format: format, BytesIn: f.in.Load(), BytesOut: out.Load()}, err
+		return Result{Format: format, BytesIn: f.in.Load(), BytesOut: out.Load(), Raw: raw}, err
 	}
-	// The decompressed stream ended, so the download has: take its result.
+	// The stream ended, so the download has, and its sha256 matched:
+	// take its result once the cache has stored it.
+	p.completed()
 	im, err := c.wait(ctx, f, r, nil)
 	rep.stop(err == nil)
-	res := Result{Format: format, BytesIn: f.in.Load(), BytesOut: out.Load()}
+	res := Result{Format: format, BytesIn: f.in.Load(), BytesOut: out.Load(), Raw: raw}
 	if err != nil {
 		return res, err
 	}
@@ -200,9 +263,9 @@ func (c *Cache) stream(ctx context.Context, r resolved, dst io.Writer, progress 
 }
 
 // streamImage streams a cached image from disk and closes it.
-func (c *Cache) streamImage(ctx context.Context, r resolved, im *Image, dst io.Writer, progress func(Progress)) (Result, error) {
+func (c *Cache) streamImage(ctx context.Context, r resolved, im *Image, dst io.Writer, p pumpOpts) (Result, error) {
 	defer im.Close()
-	res, err := streamFile(ctx, r, im.Path(), im.SHA256(), dst, progress)
+	res, err := streamFile(ctx, r, im.Path(), im.SHA256(), dst, p)
 	res.FromCache = true
 	if KindOf(err) == Corrupt {
 		c.forget(r.url)
@@ -212,7 +275,7 @@ func (c *Cache) streamImage(ctx context.Context, r resolved, im *Image, dst io.W
 
 // streamFile streams a local file; sum is its known sha256, or "" to hash
 // it on the way (and check it against r.sha).
-func streamFile(ctx context.Context, r resolved, path, sum string, dst io.Writer, progress func(Progress)) (Result, error) {
+func streamFile(ctx context.Context, r resolved, path, sum string, dst io.Writer, p pumpOpts) (Result, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return Result{}, localError(r.name, err)
@@ -232,8 +295,8 @@ func streamFile(ctx context.Context, r resolved, path, sum string, dst io.Writer
 	if sum == "" {
 		src = io.TeeReader(src, hs)
 	}
-	rep := startReporter(progress, &in, &out, &total)
-	format, err := pump(r.name, src, dst, &out)
+	rep := startReporter(p.progress, &in, &out, &total)
+	format, raw, err := pump(r.name, src, dst, &out, p.raw)
 	if err == nil && sum == "" {
 		// Hash whatever the decompressor left unread.
 		_, err = io.Copy(io.Discard, src)
@@ -242,8 +305,11 @@ func streamFile(ctx context.Context, r resolved, path, sum string, dst io.Writer
 	if err == nil && r.sha != "" && sum != r.sha {
 		err = newError(Checksum, r.name, nil, "sha256 mismatch: want %s, got %s", r.sha, sum)
 	}
+	if err == nil {
+		p.completed()
+	}
 	rep.stop(err == nil)
-	res := Result{Format: format, BytesIn: in.Load(), BytesOut: out.Load()}
+	res := Result{Format: format, BytesIn: in.Load(), BytesOut: out.Load(), Raw: raw}
 	if err != nil {
 		return res, err
 	}
@@ -251,23 +317,33 @@ func streamFile(ctx context.Context, r resolved, path, sum string, dst io.Writer
 	return res, nil
 }
 
-// pump detects src's compression and writes it decompressed to dst.
-func pump(name string, src io.Reader, dst io.Writer, out *atomic.Int64) (Format, error) {
+// pump detects src's compression and writes it to dst, as served when
+// raw says so (it is asked once the format is known), decompressed
+// otherwise. It reports whether it wrote the bytes as served.
+func pump(name string, src io.Reader, dst io.Writer, out *atomic.Int64, raw func(Format) bool) (Format, bool, error) {
 	format, rd, err := Detect(src)
 	if err != nil {
-		return Raw, err
+		return Raw, false, err
 	}
-	dec, err := decompress(format, rd, name)
-	if err != nil {
-		return format, err
+	asServed := raw != nil && raw(format)
+	var from io.Reader
+	if asServed {
+		// Hide the reader's WriteTo, which would copy in small pieces.
+		from = struct{ io.Reader }{rd}
+	} else {
+		dec, err := decompress(format, rd, name)
+		if err != nil {
+			return format, false, err
+		}
+		defer dec.Close()
+		from = dec
 	}
-	defer dec.Close()
 	w := &countingWriter{w: dst, n: out}
-	_, err = io.CopyBuffer(w, dec, make([]byte, 1<<20))
+	_, err = io.CopyBuffer(w, from, make([]byte, 1<<20))
 	if w.err != nil {
-		return format, fmt.Errorf("image %s: writing to the destination: %w", name, w.err)
+		return format, asServed, fmt.Errorf("image %s: writing to the destination: %w", name, w.err)
 	}
-	return format, err
+	return format, asServed, err
 }
 
 // errFromCache ends a Stream's tap when the download found the cached copy
