@@ -290,9 +290,11 @@ func (p *provisioning) copyISO(ctx context.Context, c *sshx.Client, room int64) 
 	iso := p.d.opts.isoPath
 	p.say("Copying the ISO to the device (%s)", iso)
 	wctx, cancel := context.WithTimeout(ctx, p.d.opts.isoTimeout)
+	// Decompressed here, so that the ISO's size is known for the check
+	// below whatever the far side's dd prints.
 	res, err := flash.Write(wctx, c, p.src, flash.Options{
 		Device: iso, Sudo: true, Cache: p.job.Images, Progress: p.job.ReportProgress,
-		Out: p.out(), Log: p.t.Log,
+		Decompress: flash.Local, Out: p.out(), Log: p.t.Log,
 	})
 	timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
 	cancel()
