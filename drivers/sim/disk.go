@@ -77,6 +77,15 @@ func (d *Disk) FailAfter(n int64) {
 	d.failAfter = n
 }
 
+// FailWritesAfter applies a simulator's WriteFailsAfter fault: n > 0 is
+// FailAfter(n), anything else clears the fault.
+func (d *Disk) FailWritesAfter(n int64) {
+	if n <= 0 {
+		n = -1
+	}
+	d.FailAfter(n)
+}
+
 // Last returns the last write, or the one in progress.
 func (d *Disk) Last() DiskWrite {
 	d.mu.Lock()

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/flingerlab/flinger/drivers/sim"
@@ -19,34 +17,20 @@ import (
 
 func zstdBytes(t *testing.T, b []byte) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	w, err := zstd.NewWriter(&buf)
+	z, err := sim.Compress("zst", bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return z
 }
 
 func xzBytes(t *testing.T, b []byte) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	w, err := xz.NewWriter(&buf)
+	z, err := sim.Compress("xz", bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return z
 }
 
 // runIn runs a raw command line with stdin.

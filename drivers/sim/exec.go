@@ -3,14 +3,12 @@ package sim
 import (
 	"compress/bzip2"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -356,7 +354,7 @@ func (d *DUT) builtin(ctx context.Context, x *Exec) int {
 		}
 		return code
 	case "tee":
-		return d.tee(x, args)
+		return Tee{}.Run(ctx, x)
 	case "mkdir":
 		return 0
 	case "rm":
@@ -367,29 +365,9 @@ func (d *DUT) builtin(ctx context.Context, x *Exec) int {
 		}
 		return 0
 	case "test", "[":
-		if name == "[" {
-			if len(args) == 0 || args[len(args)-1] != "]" {
-				fmt.Fprintln(stderr, "[: missing ]")
-				return 2
-			}
-			args = args[:len(args)-1]
-		}
-		if len(args) != 2 || (args[0] != "-e" && args[0] != "-f" && args[0] != "-b") {
-			fmt.Fprintln(stderr, "test: only -e, -f and -b PATH are simulated")
-			return 2
-		}
-		if args[0] == "-b" {
-			if d.Disk(args[1]) != nil {
-				return 0
-			}
-			return 1
-		}
-		if _, ok := d.ReadFile(args[1]); ok || d.Disk(args[1]) != nil {
-			return 0
-		}
-		return 1
+		return testPath(x, d.pathKind)
 	case "dd":
-		return d.dd(ctx, x, args)
+		return DD{}.Run(ctx, x)
 	case "sync":
 		return 0
 	case "hdparm", "partprobe", "blockdev":
@@ -455,125 +433,4 @@ func (d *DUT) builtin(ctx context.Context, x *Exec) int {
 	}
 	fmt.Fprintf(stderr, "sh: %s: command not found\n", name)
 	return 127
-}
-
-// tee copies stdin to stdout and to each file (appending with -a).
-func (d *DUT) tee(x *Exec, args []string) int {
-	appendTo := false
-	var paths []string
-	for _, a := range args {
-		switch {
-		case a == "-a" || a == "--append":
-			appendTo = true
-		case strings.HasPrefix(a, "-"):
-			return x.Errorf(1, "invalid option %q", a)
-		default:
-			paths = append(paths, a)
-		}
-	}
-	b, err := io.ReadAll(io.LimitReader(x.Stdin, 64<<20))
-	if err != nil {
-		return x.Errorf(1, "reading standard input: %v", err)
-	}
-	_, _ = x.Stdout.Write(b)
-	for _, p := range paths {
-		if appendTo {
-			old, _ := d.ReadFile(p)
-			d.WriteFile(p, append(old, b...))
-		} else {
-			d.WriteFile(p, b)
-		}
-	}
-	return 0
-}
-
-// dd writes stdin to a disk: dd of=DISK [bs=N[K|M|G]] [conv=...]
-// [status=none|progress|noxfer] [oflag=...] [iflag=...]. It prints
-// GNU dd's summary on stderr.
-func (d *DUT) dd(ctx context.Context, x *Exec, args []string) int {
-	var of string
-	bs := 512
-	quiet := false
-	for _, a := range args {
-		k, v, ok := strings.Cut(a, "=")
-		if !ok {
-			return x.Errorf(1, "unrecognized operand %q", a)
-		}
-		switch k {
-		case "of":
-			of = v
-		case "bs", "obs":
-			n, err := parseSize(v)
-			if err != nil || n <= 0 || n > 1<<30 {
-				return x.Errorf(1, "invalid number: %q", v)
-			}
-			bs = int(n)
-		case "status":
-			quiet = v == "none"
-		case "conv", "oflag", "iflag", "ibs":
-		default:
-			return x.Errorf(1, "operand %q is not simulated", a)
-		}
-	}
-	if of == "" {
-		return x.Errorf(1, "only dd of=DISK is simulated")
-	}
-	disk := d.Disk(of)
-	if disk == nil {
-		return x.Errorf(1, "failed to open '%s': No such file or directory", of)
-	}
-	// A signal or a closed session kills dd at once, even while it waits
-	// for input.
-	pr, pw := io.Pipe()
-	go func() {
-		_, err := io.Copy(pw, x.Stdin)
-		_ = pw.CloseWithError(err)
-	}()
-	stop := context.AfterFunc(ctx, func() { _ = pr.CloseWithError(ctx.Err()) })
-	defer stop()
-	start := time.Now()
-	n, err := disk.CopyTo(ctx, pr, bs)
-	if ctx.Err() != nil {
-		return 130
-	}
-	records := n / int64(bs)
-	partial := 0
-	if n%int64(bs) != 0 {
-		partial = 1
-	}
-	if err != nil {
-		if errors.Is(err, ErrIO) {
-			fmt.Fprintf(x.Stderr, "dd: error writing '%s': Input/output error\n", of)
-		} else {
-			fmt.Fprintf(x.Stderr, "dd: error writing '%s': %v\n", of, err)
-		}
-	}
-	if !quiet {
-		secs := max(time.Since(start).Seconds(), 1e-6)
-		fmt.Fprintf(x.Stderr, "%d+%d records in\n%d+%d records out\n%d bytes copied, %.3f s, %.1f MB/s\n",
-			records, partial, records, partial, n, secs, float64(n)/secs/1e6)
-	}
-	if err != nil {
-		return 1
-	}
-	return 0
-}
-
-// parseSize parses dd's sizes: a number with an optional K, M or G
-// suffix (powers of 1024, with or without a trailing B... as "16M").
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	switch {
-	case strings.HasSuffix(s, "K") || strings.HasSuffix(s, "k"):
-		mult, s = 1<<10, s[:len(s)-1]
-	case strings.HasSuffix(s, "M"):
-		mult, s = 1<<20, s[:len(s)-1]
-	case strings.HasSuffix(s, "G"):
-		mult, s = 1<<30, s[:len(s)-1]
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
-		return 0, err
-	}
-	return n * mult, nil
 }

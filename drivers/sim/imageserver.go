@@ -175,27 +175,36 @@ func (s *ImageServer) makeLocked(name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if m[4] == "" {
+		return im.Bytes(), nil
+	}
+	return Compress(strings.TrimPrefix(m[4], "."), im.Reader())
+}
+
+// Compress returns what r reads compressed in format: "zst" (zstd), "xz"
+// or "gz" (gzip), as an image mirror serves an image.
+func Compress(format string, r io.Reader) ([]byte, error) {
 	var buf bytes.Buffer
 	var w io.WriteCloser
-	switch m[4] {
-	case "":
-		_, err := io.Copy(&buf, im.Reader())
-		return buf.Bytes(), err
-	case ".zst":
+	var err error
+	switch format {
+	case "zst":
 		w, err = zstd.NewWriter(&buf)
-	case ".xz":
+	case "xz":
 		w, err = xz.NewWriter(&buf)
-	case ".gz":
+	case "gz":
 		w = gzip.NewWriter(&buf)
+	default:
+		return nil, fmt.Errorf("sim: compress: unknown format %q (zst, xz, gz)", format)
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sim: compress %s: %w", format, err)
 	}
-	if _, err := io.Copy(w, im.Reader()); err != nil {
-		return nil, err
+	if _, err := io.Copy(w, r); err != nil {
+		return nil, fmt.Errorf("sim: compress %s: %w", format, err)
 	}
 	if err := w.Close(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sim: compress %s: %w", format, err)
 	}
 	return buf.Bytes(), nil
 }

@@ -1,12 +1,15 @@
 package sim_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 
 	"github.com/flingerlab/flinger/drivers/sim"
 )
@@ -57,5 +60,34 @@ func TestImageServer(t *testing.T) {
 	}
 	if n := s.Requests("ubuntu-24.04-core.img.zst"); n != 1 {
 		t.Errorf("Requests = %d, want 1", n)
+	}
+}
+
+func TestCompress(t *testing.T) {
+	t.Parallel()
+	raw := sim.Image{OSRelease: "ID=ubuntu\n", Size: 200_000, Seed: 9}.Bytes()
+	for _, tc := range []struct {
+		format string
+		open   func(io.Reader) (io.Reader, error)
+	}{
+		{"zst", func(r io.Reader) (io.Reader, error) { z, err := zstd.NewReader(r); return z, err }},
+		{"xz", func(r io.Reader) (io.Reader, error) { return xz.NewReader(r) }},
+		{"gz", func(r io.Reader) (io.Reader, error) { return gzip.NewReader(r) }},
+	} {
+		z, err := sim.Compress(tc.format, bytes.NewReader(raw))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.format, err)
+		}
+		r, err := tc.open(bytes.NewReader(z))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.format, err)
+		}
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, raw) || len(z) >= len(raw) {
+			t.Errorf("%s: %d bytes compressed to %d, back to %d (%v)", tc.format, len(raw), len(z), len(got), err)
+		}
+	}
+	if _, err := sim.Compress("lz4", bytes.NewReader(raw)); err == nil {
+		t.Error("an unknown format was accepted")
 	}
 }

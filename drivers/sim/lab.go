@@ -24,7 +24,8 @@ type LabOptions struct {
 	AuthorizedKeys []ssh.PublicKey
 	// Settings are the sim: keys of the device's entry in the lab file
 	// (such as boot_time, or a fault to inject), for the simulator to
-	// read; unknown keys are an error naming them.
+	// read with a Settings (NewSettings); unknown keys are an error
+	// naming them.
 	Settings map[string]any
 	// Log receives the simulator's diagnostics.
 	Log *slog.Logger

@@ -17,6 +17,15 @@
 // their length, SHA-256 and header; a DUT given a BootCheck (such as
 // BootFromDisk) boots what its boot disk holds, and never comes up when
 // that is not a complete image. Image builds the simulated images.
+//
+// The simulators of connector types (the packages under drivers/sim) are
+// made of these and of: Switch (local scripts that drive simulated power
+// and boot-select hardware), Proxy (a device's address in front of
+// whichever host answers there), ImageServer (an image mirror), Volume
+// and Mounts (the partitions of a disk's image and a host's mount table,
+// with mount, umount, ls, test, cp and chmod), DD and Tee (the dd and tee
+// commands, for a simulator to adapt to its host), and Settings (the sim:
+// keys of a lab file's device entry, for RegisterLab's starters).
 package sim
 
 import (
@@ -29,6 +38,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -76,9 +86,11 @@ type Faults struct {
 // The DUT runs these commands, each optionally after sudo, alone or in a
 // pipeline (a | b), and also as sh -c LINE or bash [-o pipefail] -c LINE:
 // true, false (also as /bin/...), echo [-n], cat (stdin, /etc/os-release
-// or a file of the DUT), tee [-a] FILE, mkdir, rm, test -e|-f|-b PATH, dd
-// of=DISK [bs=N], sync, hdparm, partprobe, sha256sum DISK, the
-// decompressors zstdcat, xzcat, zcat, bzcat (and zstd|xz|gzip|bzip2 -dc),
+// or a file of the DUT), tee [-a] FILE (see Tee), mkdir, rm, test and [
+// -e|-f|-d|-b PATH (a directory is one a file is under, or /, /mnt or
+// /tmp), dd of=DISK [bs=N] (see DD), sync, hdparm, partprobe, sha256sum
+// DISK, the decompressors zstdcat, xzcat, zcat, bzcat (and
+// zstd|xz|gzip|bzip2 -dc),
 // snap model, uname [-a|-s|-n|-r|-m], hostname, sleep N, exit N, and
 // reboot, shutdown -r now, poweroff, shutdown -h now, which return with
 // status 0 and then take the DUT down (Booting for BootTime, or Off) and
@@ -423,6 +435,33 @@ func (d *DUT) Addr() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.addr
+}
+
+// SplitAddr splits host:port into the host and the port number, as a
+// device configuration gives them (device_ip and ssh_port): addr itself
+// and 0 when it is not host:port.
+func SplitAddr(addr string) (host string, port int) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr, 0
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		return h, 0
+	}
+	return h, n
+}
+
+// BootIDPath is the file of a Linux host that holds a new identifier at
+// each of its boots (see NewBootID).
+const BootIDPath = "/proc/sys/kernel/random/boot_id"
+
+// NewBootID returns a random boot identifier, shaped as the kernel's
+// (a UUID and a newline), for a simulated host's BootIDPath.
+func NewBootID() []byte {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Appendf(nil, "%x-%x-%x-%x-%x\n", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 // HostKey returns the DUT's current host key.

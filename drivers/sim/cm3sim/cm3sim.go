@@ -12,7 +12,7 @@
 // (sim.BootFromDisk): it comes up only when the eMMC holds a complete
 // simulated image, and then reports that image's os-release.
 //
-// The CM3's address (Addr) is a TCP proxy in front of the CM3's sim.DUT,
+// The CM3's address (Addr) is a sim.Proxy in front of the CM3's sim.DUT,
 // which closes connections while the CM3 is in USB-boot mode: the DUT
 // itself keeps its port meanwhile (a DUT kept down would give its port up
 // for as long as it is down).
@@ -21,12 +21,13 @@
 // hdparm, tee, mkdir, rm, cat...): pi3gpio set high|low 16 and
 // pi3gpio get 16, udisksctl power-off -b DEV, lsblk -J DEV (the
 // partitions of the image the eMMC holds, laid out as Ubuntu lays out a
-// Raspberry Pi image of the image's Kind), mount PART MOUNTPOINT and
-// umount MOUNTPOINT|PART (the partition's files appear under the mount
-// point and what is written there stays on the partition, see
-// Rig.PartitionFiles), ls DIR, and test -e|-f|-b|-d PATH with the
-// meaning of a real test (-f: a regular file, -b: a block device).
-// pi3gpio, mount, umount and udisksctl need sudo.
+// Raspberry Pi image of the image's Kind), and the commands of
+// sim.Mounts for the eMMC's partitions: mount PART MOUNTPOINT and umount
+// MOUNTPOINT|PART (the partition's files appear under the mount point and
+// what is written there stays on the partition, see Rig.PartitionFiles),
+// ls DIR, cp, chmod, and test -e|-f|-b|-d PATH with the meaning of a real
+// test (-f: a regular file, -b: a block device). pi3gpio, mount, umount
+// and udisksctl need sudo.
 //
 // A CM3 sidecar runs no control-host REST API (package controlhost): the
 // port Config gives as control_host_api_port answers 404 Not Found to
@@ -42,11 +43,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -148,7 +146,9 @@ type Rig struct {
 	ResetScript string
 
 	dev         string
-	px          *proxy
+	vol         *sim.Volume // the eMMC's partitions
+	mounts      *sim.Mounts // the sidecar's
+	px          *sim.Proxy
 	api         *http.Server
 	apiAddr     string
 	usbDelay    time.Duration
@@ -163,22 +163,7 @@ type Rig struct {
 	resetGen uint64
 	usbTimer *time.Timer
 	booted   sim.Image
-	mounts   map[string]mounted // by mount point
-	saved    map[int]savedPart  // by partition number
 	closed   bool
-}
-
-// mounted is a partition of the eMMC mounted on the sidecar.
-type mounted struct {
-	n      int    // partition number, from 1
-	node   string // /dev/sda2
-	writes int    // the eMMC's write count when it was mounted
-}
-
-// savedPart is the content of a partition as last unmounted.
-type savedPart struct {
-	writes int
-	files  map[string][]byte
 }
 
 // Start starts a rig: the sidecar and the CM3 up, GPIO 16 low, the CM3
@@ -222,12 +207,11 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 		log:         opts.Log.With("rig", opts.Name),
 		faults:      opts.Faults,
 		booted:      opts.Image,
-		mounts:      map[string]mounted{},
-		saved:       map[int]savedPart{},
 	}
 	r.EMMC = sim.NewDisk(opts.TestDevice, opts.DiskSize)
+	r.vol = sim.NewVolume(r.EMMC, layoutOf)
 	r.EMMC.SetRate(opts.DiskRate)
-	r.applyDiskFaults(opts.Faults)
+	r.EMMC.FailWritesAfter(opts.Faults.WriteFailsAfter)
 
 	ctx, cancel := context.WithCancel(ctx)
 	fail := func(err error) (*Rig, error) {
@@ -264,21 +248,19 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 	if opts.Faults.BogusDeviceFile {
 		r.Sidecar.WriteFile(r.dev, []byte("what dd wrote while no eMMC was attached\n"))
 	}
+	r.mounts = sim.NewMounts(r.Sidecar, r.partition)
+	r.mounts.Install()
 	for name, cmd := range map[string]sim.Command{
 		"pi3gpio":   r.pi3gpio,
 		"udisksctl": r.udisksctl,
 		"lsblk":     r.lsblk,
-		"mount":     r.mount,
-		"umount":    r.umount,
-		"ls":        r.ls,
-		"test":      r.test,
 	} {
 		r.Sidecar.Handle(name, cmd)
 	}
 	if err := r.startAPI(); err != nil {
 		return fail(err)
 	}
-	if r.px, err = startProxy(r.target, r.log); err != nil {
+	if r.px, err = sim.StartProxy(ctx, r.target, r.log); err != nil {
 		return fail(err)
 	}
 	r.Switch, err = sim.StartSwitch(ctx, opts.Dir, opts.Log)
@@ -308,7 +290,7 @@ func (r *Rig) Close() {
 		_ = r.api.Close()
 	}
 	if r.px != nil {
-		r.px.close()
+		r.px.Close()
 	}
 	if r.CM3 != nil {
 		r.CM3.Close()
@@ -338,9 +320,9 @@ func (r *Rig) TestDevice() string { return r.dev }
 // control_user and control_password (the sidecar), control_host_api_port,
 // test_device and reboot_script.
 func (r *Rig) Config() map[string]any {
-	host, port := splitAddr(r.Addr())
-	chost, cport := splitAddr(r.Sidecar.Addr())
-	_, apiPort := splitAddr(r.apiAddr)
+	host, port := sim.SplitAddr(r.Addr())
+	chost, cport := sim.SplitAddr(r.Sidecar.Addr())
+	_, apiPort := sim.SplitAddr(r.apiAddr)
 	return map[string]any{
 		"control_host_api_port": apiPort,
 		"device_ip":             host,
@@ -354,17 +336,8 @@ func (r *Rig) Config() map[string]any {
 	}
 }
 
-func splitAddr(addr string) (string, int) {
-	host, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr, 0
-	}
-	port, _ := strconv.Atoi(p)
-	return host, port
-}
-
 // Addr returns the CM3's SSH address (device_ip:ssh_port).
-func (r *Rig) Addr() string { return r.px.ln.Addr().String() }
+func (r *Rig) Addr() string { return r.px.Addr() }
 
 // USBBoot reports whether the CM3 was last reset in USB-boot mode: it
 // does not answer at Addr.
@@ -416,17 +389,9 @@ func (r *Rig) SetFaults(f Faults) {
 	r.mu.Lock()
 	r.faults = f
 	r.mu.Unlock()
-	r.applyDiskFaults(f)
+	r.EMMC.FailWritesAfter(f.WriteFailsAfter)
 	r.Sidecar.SetFaults(sim.Faults{SlowLink: f.SlowLink, DropAfter: f.DropAfter})
 	r.CM3.SetFaults(sim.Faults{NeverBoots: f.NeverBoots, HostKeyChangesOnBoot: f.HostKeyChangesOnBoot})
-}
-
-func (r *Rig) applyDiskFaults(f Faults) {
-	if f.WriteFailsAfter > 0 {
-		r.EMMC.FailAfter(f.WriteFailsAfter)
-	} else {
-		r.EMMC.FailAfter(-1)
-	}
 }
 
 // bootCheck is the CM3's BootCheck: in USB-boot mode nothing is booted
@@ -521,7 +486,7 @@ func (r *Rig) udisksctl(_ context.Context, x *sim.Exec) int {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.mounts) > 0 {
+	if len(r.mounts.List()) > 0 {
 		return x.Errorf(1, "Error powering off drive: %s is mounted", r.dev)
 	}
 	r.Sidecar.AddDisk(r.dev, nil)
@@ -529,15 +494,18 @@ func (r *Rig) udisksctl(_ context.Context, x *sim.Exec) int {
 	return 0
 }
 
-// partitions returns the partitions of what the eMMC holds (none when it
-// holds no complete image) and its write count.
-func (r *Rig) partitions() ([]partition, int) {
-	last := r.EMMC.Last()
-	im, err := sim.Bootable(last)
-	if err != nil {
-		return nil, r.EMMC.Writes()
+// partition returns the eMMC partition whose node is node, while the
+// eMMC is attached to the sidecar: mount's resolver.
+func (r *Rig) partition(node string) (*sim.Volume, int, bool) {
+	if r.Sidecar.Disk(r.dev) == nil {
+		return nil, 0, false
 	}
-	return layoutOf(im), r.EMMC.Writes()
+	for n := 1; n <= len(r.vol.Partitions()); n++ {
+		if node == sim.PartitionNode(r.dev, n) {
+			return r.vol, n, true
+		}
+	}
+	return nil, 0, false
 }
 
 // lsblk: lsblk -J DEV.
@@ -549,165 +517,16 @@ func (r *Rig) lsblk(_ context.Context, x *sim.Exec) int {
 	if args[1] != r.dev || r.Sidecar.Disk(r.dev) == nil {
 		return x.Errorf(32, "%s: not a block device", args[1])
 	}
-	parts, _ := r.partitions()
-	r.mu.Lock()
 	at := map[int]string{}
-	for mp, m := range r.mounts {
-		at[m.n] = mp
+	for _, m := range r.mounts.List() {
+		at[m.N] = m.Dir
 	}
-	r.mu.Unlock()
-	_, _ = x.Stdout.Write(lsblkJSON(r.dev, r.Last().Bytes, parts, at))
+	_, _ = x.Stdout.Write(lsblkJSON(r.dev, r.Last().Bytes, len(r.vol.Partitions()), at))
 	return 0
 }
 
 // Last returns the eMMC's last write.
 func (r *Rig) Last() sim.DiskWrite { return r.EMMC.Last() }
-
-// partitionOf returns the number of the eMMC partition whose node is node.
-func (r *Rig) partitionOf(node string, parts []partition) (int, bool) {
-	for i := range parts {
-		if node == "/dev/"+PartitionName(r.dev, i+1) {
-			return i + 1, true
-		}
-	}
-	return 0, false
-}
-
-// mount: mount PART MOUNTPOINT.
-func (r *Rig) mount(_ context.Context, x *sim.Exec) int {
-	args := x.Args[1:]
-	if len(args) != 2 || strings.HasPrefix(args[0], "-") {
-		return x.Errorf(1, "only mount DEVICE MOUNTPOINT is simulated")
-	}
-	if !x.Sudo {
-		return x.Errorf(32, "must be superuser to use mount")
-	}
-	node, mp := args[0], strings.TrimSuffix(args[1], "/")
-	parts, writes := r.partitions()
-	n, ok := r.partitionOf(node, parts)
-	if !ok || r.Sidecar.Disk(r.dev) == nil {
-		return x.Errorf(32, "%s: special device %s does not exist.", mp, node)
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if m, busy := r.mounts[mp]; busy {
-		return x.Errorf(32, "%s: %s already mounted or mount point busy (%s is there).", mp, node, m.node)
-	}
-	files := map[string][]byte{}
-	if s, ok := r.saved[n]; ok && s.writes == writes {
-		files = s.files
-	} else {
-		for rel, content := range parts[n-1].files {
-			files[rel] = []byte(content)
-		}
-	}
-	for rel, content := range files {
-		r.Sidecar.WriteFile(mp+"/"+rel, content)
-	}
-	r.mounts[mp] = mounted{n: n, node: node, writes: writes}
-	return 0
-}
-
-// umount: umount MOUNTPOINT|PART. What was written under the mount point
-// stays on the partition.
-func (r *Rig) umount(_ context.Context, x *sim.Exec) int {
-	args := x.Args[1:]
-	if len(args) != 1 {
-		return x.Errorf(1, "only umount MOUNTPOINT is simulated")
-	}
-	if !x.Sudo {
-		return x.Errorf(32, "must be superuser to unmount")
-	}
-	target := strings.TrimSuffix(args[0], "/")
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for mp, m := range r.mounts {
-		if mp != target && m.node != target {
-			continue
-		}
-		r.saved[m.n] = savedPart{writes: m.writes, files: r.takeFiles(mp)}
-		delete(r.mounts, mp)
-		return 0
-	}
-	return x.Errorf(32, "%s: not mounted.", target)
-}
-
-// takeFiles removes the sidecar's files under mp and returns them by
-// path relative to mp.
-func (r *Rig) takeFiles(mp string) map[string][]byte {
-	files := map[string][]byte{}
-	for _, p := range r.Sidecar.Files() {
-		if rel, ok := strings.CutPrefix(p, mp+"/"); ok {
-			files[rel], _ = r.Sidecar.ReadFile(p)
-			r.Sidecar.RemoveFile(p)
-		}
-	}
-	return files
-}
-
-// ls: ls [DIR]: one entry a line.
-func (r *Rig) ls(_ context.Context, x *sim.Exec) int {
-	args := x.Args[1:]
-	if len(args) > 1 || (len(args) == 1 && strings.HasPrefix(args[0], "-")) {
-		return x.Errorf(2, "only ls DIRECTORY is simulated")
-	}
-	dir := "."
-	if len(args) == 1 {
-		dir = strings.TrimSuffix(args[0], "/")
-	}
-	var base []string
-	r.mu.Lock()
-	if m, ok := r.mounts[dir]; ok {
-		parts, _ := r.partitions()
-		if m.n <= len(parts) {
-			base = parts[m.n-1].entries
-		}
-	}
-	r.mu.Unlock()
-	entries := entriesUnder(dir, r.Sidecar.Files(), base)
-	if len(entries) == 0 && base == nil {
-		if _, ok := r.Sidecar.ReadFile(dir); !ok {
-			return x.Errorf(2, "cannot access '%s': No such file or directory", dir)
-		}
-		entries = []string{dir}
-	}
-	for _, e := range entries {
-		fmt.Fprintln(x.Stdout, e)
-	}
-	return 0
-}
-
-// test: test -e|-f|-b|-d PATH, with a real test's meaning.
-func (r *Rig) test(_ context.Context, x *sim.Exec) int {
-	args := x.Args[1:]
-	if len(args) != 2 {
-		return x.Errorf(2, "only test -e|-f|-b|-d PATH is simulated")
-	}
-	p := args[1]
-	_, isFile := r.Sidecar.ReadFile(p)
-	isDisk := r.Sidecar.Disk(p) != nil
-	r.mu.Lock()
-	_, isMount := r.mounts[strings.TrimSuffix(p, "/")]
-	r.mu.Unlock()
-	isDir := isMount || len(entriesUnder(p, r.Sidecar.Files(), nil)) > 0
-	var ok bool
-	switch args[0] {
-	case "-e":
-		ok = isFile || isDisk || isDir
-	case "-f":
-		ok = isFile
-	case "-b":
-		ok = isDisk
-	case "-d":
-		ok = isDir
-	default:
-		return x.Errorf(2, "%s: unknown operator", args[0])
-	}
-	if ok {
-		return 0
-	}
-	return 1
-}
 
 // PartitionFiles returns the files of partition n (from 1) of the eMMC
 // that a provisioning path read or wrote, by path relative to the
@@ -715,29 +534,5 @@ func (r *Rig) test(_ context.Context, x *sim.Exec) int {
 // changed by what was written or removed while the partition was mounted
 // on the sidecar. It is nil when the eMMC holds no partition n.
 func (r *Rig) PartitionFiles(n int) map[string][]byte {
-	parts, writes := r.partitions()
-	if n < 1 || n > len(parts) {
-		return nil
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for mp, m := range r.mounts {
-		if m.n == n && m.writes == writes {
-			files := map[string][]byte{}
-			for _, p := range r.Sidecar.Files() {
-				if rel, ok := strings.CutPrefix(p, mp+"/"); ok {
-					files[rel], _ = r.Sidecar.ReadFile(p)
-				}
-			}
-			return files
-		}
-	}
-	if s, ok := r.saved[n]; ok && s.writes == writes {
-		return maps.Clone(s.files)
-	}
-	files := map[string][]byte{}
-	for rel, content := range parts[n-1].files {
-		files[rel] = []byte(content)
-	}
-	return files
+	return r.mounts.PartitionFiles(r.vol, n)
 }

@@ -4,25 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
-	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/flingerlab/flinger/drivers/sim"
 )
-
-// partition is one partition of a simulated image: its label, the
-// top-level entries of its file system and the files in it that a
-// provisioning path reads or changes.
-type partition struct {
-	label   string
-	entries []string
-	files   map[string]string
-}
-
-// classicRootEntries are the top-level directories of a classic Ubuntu
-// root file system.
-var classicRootEntries = []string{"bin", "boot", "dev", "etc", "home", "lib", "media", "mnt", "opt", "proc", "root", "run", "sbin", "snap", "srv", "sys", "tmp", "usr", "var"}
 
 // FakeCloudConfig is the file of Ubuntu's classic Raspberry Pi images that
 // keeps cloud-init from reading a NoCloud seed; provisioning removes it.
@@ -35,37 +20,27 @@ const FakeCloudConfig = "etc/cloud/cloud.cfg.d/99-fake_cloud.cfg"
 // a writable one with system-data; Ubuntu Core 20 and later (core20,
 // core22, core24) ubuntu-seed (with snaps), ubuntu-boot, ubuntu-save and
 // ubuntu-data.
-func layoutOf(im sim.Image) []partition {
-	boot := partition{label: "system-boot", entries: []string{"bootcode.bin", "cmdline.txt", "config.txt", "overlays", "start.elf"}}
+func layoutOf(im sim.Image) []sim.Partition {
+	boot := sim.Partition{Label: "system-boot", Dirs: []string{"bootcode.bin", "cmdline.txt", "config.txt", "overlays", "start.elf"}}
 	switch im.Kind {
 	case "core":
-		return []partition{boot, {label: "writable", entries: []string{"system-data", "user-data"}}}
+		return []sim.Partition{boot, {Label: "writable", Dirs: []string{"system-data", "user-data"}}}
 	case "core20", "core22", "core24":
-		return []partition{
-			{label: "ubuntu-seed", entries: []string{"EFI", "snaps", "systems"}},
-			{label: "ubuntu-boot", entries: []string{"EFI", "grub"}},
-			{label: "ubuntu-save", entries: []string{"device"}},
-			{label: "ubuntu-data", entries: []string{"system-data", "user-data"}},
+		return []sim.Partition{
+			{Label: "ubuntu-seed", Dirs: []string{"EFI", "snaps", "systems"}},
+			{Label: "ubuntu-boot", Dirs: []string{"EFI", "grub"}},
+			{Label: "ubuntu-save", Dirs: []string{"device"}},
+			{Label: "ubuntu-data", Dirs: []string{"system-data", "user-data"}},
 		}
 	}
-	return []partition{boot, {
-		label:   "writable",
-		entries: classicRootEntries,
-		files: map[string]string{
-			"etc/os-release": im.OSRelease,
-			FakeCloudConfig:  "datasource_list: [ None ]\n",
+	return []sim.Partition{boot, {
+		Label: "writable",
+		Dirs:  sim.RootDirs,
+		Files: map[string][]byte{
+			"etc/os-release": []byte(im.OSRelease),
+			FakeCloudConfig:  []byte("datasource_list: [ None ]\n"),
 		},
 	}}
-}
-
-// PartitionName returns the kernel's name of partition n (from 1) of the
-// disk at dev: sda1 for /dev/sda, mmcblk0p1 for /dev/mmcblk0.
-func PartitionName(dev string, n int) string {
-	base := path.Base(dev)
-	if base != "" && base[len(base)-1] >= '0' && base[len(base)-1] <= '9' {
-		return base + "p" + strconv.Itoa(n)
-	}
-	return base + strconv.Itoa(n)
 }
 
 // lsblkDevice is one entry of lsblk --json.
@@ -80,19 +55,19 @@ type lsblkDevice struct {
 	Children    []lsblkDevice `json:"children,omitempty"`
 }
 
-// lsblkJSON returns what `lsblk -J dev` prints for a disk holding parts,
-// mounted maps partition numbers to their mount points.
-func lsblkJSON(dev string, size int64, parts []partition, mounted map[int]string) []byte {
+// lsblkJSON returns what `lsblk -J dev` prints for a disk of size bytes
+// holding parts partitions; mounted maps partition numbers to their
+// mount points.
+func lsblkJSON(dev string, size int64, parts int, mounted map[int]string) []byte {
 	disk := lsblkDevice{Name: path.Base(dev), MajMin: "8:0", RM: true, Size: humanSize(size), Type: "disk", Mountpoints: []*string{nil}}
-	for i := range parts {
-		n := i + 1
+	for n := 1; n <= parts; n++ {
 		var mp *string
 		if m, ok := mounted[n]; ok {
 			mp = &m
 		}
 		disk.Children = append(disk.Children, lsblkDevice{
-			Name: PartitionName(dev, n), MajMin: fmt.Sprintf("8:%d", n), RM: true,
-			Size: humanSize(size / int64(len(parts))), Type: "part", Mountpoints: []*string{mp},
+			Name: path.Base(sim.PartitionNode(dev, n)), MajMin: fmt.Sprintf("8:%d", n), RM: true,
+			Size: humanSize(size / int64(parts)), Type: "part", Mountpoints: []*string{mp},
 		})
 	}
 	b, err := json.MarshalIndent(map[string][]lsblkDevice{"blockdevices": {disk}}, "", "   ")
@@ -115,21 +90,4 @@ func humanSize(n int64) string {
 		return fmt.Sprintf("%dB", n)
 	}
 	return strings.TrimSuffix(fmt.Sprintf("%.1f", f), ".0") + string(units[i])
-}
-
-// entriesUnder returns the names directly under dir among paths (files
-// of a DUT), merged with base, sorted and without duplicates.
-func entriesUnder(dir string, paths []string, base []string) []string {
-	prefix := strings.TrimSuffix(dir, "/") + "/"
-	out := slices.Clone(base)
-	for _, p := range paths {
-		rest, ok := strings.CutPrefix(p, prefix)
-		if !ok || rest == "" {
-			continue
-		}
-		first, _, _ := strings.Cut(rest, "/")
-		out = append(out, first)
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
 }

@@ -417,22 +417,20 @@ func (s *Server) APIAddr() string { return s.addr }
 
 // APIPort returns the REST API's port.
 func (s *Server) APIPort() int {
-	_, p, _ := net.SplitHostPort(s.addr)
-	n, _ := strconv.Atoi(p)
-	return n
+	_, port := sim.SplitAddr(s.addr)
+	return port
 }
 
 // SSHPort returns the port of the host's SSH server.
 func (s *Server) SSHPort() int {
-	_, p, _ := net.SplitHostPort(s.host.Addr())
-	n, _ := strconv.Atoi(p)
-	return n
+	_, port := sim.SplitAddr(s.host.Addr())
+	return port
 }
 
 // Config returns the device configuration keys that reach this control
 // host: control_host, control_port and control_host_api_port.
 func (s *Server) Config() map[string]any {
-	host, _, _ := net.SplitHostPort(s.addr)
+	host, _ := sim.SplitAddr(s.addr)
 	return map[string]any{"control_host": host, "control_port": s.SSHPort(), "control_host_api_port": s.APIPort()}
 }
 

@@ -8,7 +8,7 @@
 // (run as the device's select_master_script and select_test_script) and
 // applied at the next boot: a hard reset (the reset script, run as
 // reboot_script) or `sudo reboot` on either image. The board's address is
-// a TCP proxy in front of two sim.DUTs, Master and Test, which forwards
+// a sim.Proxy in front of two sim.DUTs, Master and Test, which forwards
 // to the one booted: each has its own host key, users and faults. (The
 // other one is rebooted at each boot of the board, which cuts its
 // connections, but keeps answering on its own port, unseen: a DUT kept
@@ -16,12 +16,13 @@
 //
 // The master image runs, besides the sim.DUT built-in commands (dd of the
 // test device, sync, hdparm, tee, mkdir, rm, cat, including
-// /etc/issue): mount PART MOUNTPOINT and umount MOUNTPOINT|PART for the
-// test device's partitions (laid out as Ubuntu lays out an image of the
-// written image's Kind; what is written under the mount point stays on
-// the partition, see Rig.PartitionFiles), ls DIR, sgdisk -o DEV (a new
-// empty partition table: the card no longer boots), chmod and reboot.
-// mount, umount and sgdisk need sudo.
+// /etc/issue), the commands of sim.Mounts for the test device's
+// partitions (laid out as Ubuntu lays out an image of the written image's
+// Kind): mount PART MOUNTPOINT and umount MOUNTPOINT|PART (what is written
+// under the mount point stays on the partition, see Rig.PartitionFiles),
+// ls DIR, test, cp and chmod; and sgdisk -o DEV (a new empty partition
+// table: the card no longer boots) and reboot. mount, umount and sgdisk
+// need sudo.
 //
 // The test image boots from the test device (sim.BootFromDisk): it comes
 // up only when the card holds a complete simulated image, and then
@@ -36,9 +37,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
-	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -160,7 +158,9 @@ type Rig struct {
 	dev, writable          string
 	masterUser, masterPass string
 	log                    *slog.Logger
-	px                     *proxy
+	px                     *sim.Proxy
+	vol                    *sim.Volume // the card's partitions
+	mounts                 *sim.Mounts // the master image's
 
 	mu           sync.Mutex
 	faults       Faults
@@ -168,22 +168,7 @@ type Rig struct {
 	inMaster     bool // what the last boot booted
 	boots        int
 	booted       sim.Image
-	mounts       map[string]mounted // by mount point
-	saved        map[int]savedPart  // by partition number
 	closed       bool
-}
-
-// mounted is a partition of the card mounted on the master image.
-type mounted struct {
-	n      int
-	node   string
-	writes int
-}
-
-// savedPart is the content of a partition as last unmounted.
-type savedPart struct {
-	writes int
-	files  map[string][]byte
 }
 
 // Start starts a rig, in its test image or (Options.StartInMaster) in its
@@ -202,7 +187,7 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 		opts.TestDevice = DefaultTestDevice
 	}
 	if opts.WritablePartition == "" {
-		opts.WritablePartition = PartitionName(opts.TestDevice, 2)
+		opts.WritablePartition = sim.PartitionNode(opts.TestDevice, 2)
 	}
 	if opts.Image == (sim.Image{}) {
 		opts.Image = DefaultImage
@@ -227,12 +212,11 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 		selectMaster: opts.StartInMaster,
 		inMaster:     opts.StartInMaster,
 		booted:       opts.Image,
-		mounts:       map[string]mounted{},
-		saved:        map[int]savedPart{},
 	}
 	r.Disk = sim.NewDisk(opts.TestDevice, opts.DiskSize)
+	r.vol = sim.NewVolume(r.Disk, layoutOf)
 	r.Disk.SetRate(opts.DiskRate)
-	r.applyDiskFaults(opts.Faults)
+	r.Disk.FailWritesAfter(opts.Faults.WriteFailsAfter)
 
 	ctx, cancel := context.WithCancel(ctx)
 	fail := func(err error) (*Rig, error) {
@@ -269,22 +253,16 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 	if err != nil {
 		return fail(err)
 	}
-	for name, cmd := range map[string]sim.Command{
-		"mount":  r.mount,
-		"umount": r.umount,
-		"ls":     r.ls,
-		"sgdisk": r.sgdisk,
-		"chmod":  chmod,
-	} {
-		r.Master.Handle(name, cmd)
-	}
+	r.mounts = sim.NewMounts(r.Master, r.partition)
+	r.mounts.Install()
+	r.Master.Handle("sgdisk", r.sgdisk)
 	for _, d := range []*sim.DUT{r.Master, r.Test} {
 		d.Handle("reboot", r.rebootCmd)
 		d.Handle("/sbin/reboot", r.rebootCmd)
 	}
 	r.Test.Handle("snap", r.snap)
 
-	if r.px, err = startProxy(r.target, r.log); err != nil {
+	if r.px, err = sim.StartProxy(ctx, r.target, r.log); err != nil {
 		return fail(err)
 	}
 	if r.Switch, err = sim.StartSwitch(ctx, opts.Dir, opts.Log); err != nil {
@@ -324,7 +302,7 @@ func (r *Rig) Close() {
 		r.Switch.Close()
 	}
 	if r.px != nil {
-		r.px.close()
+		r.px.Close()
 	}
 	for _, d := range []*sim.DUT{r.Master, r.Test} {
 		if d != nil {
@@ -334,7 +312,7 @@ func (r *Rig) Close() {
 }
 
 // Addr returns the board's SSH address (device_ip:ssh_port).
-func (r *Rig) Addr() string { return r.px.ln.Addr().String() }
+func (r *Rig) Addr() string { return r.px.Addr() }
 
 // TestDevice returns the card's device node on the master image.
 func (r *Rig) TestDevice() string { return r.dev }
@@ -344,8 +322,7 @@ func (r *Rig) TestDevice() string { return r.dev }
 // select_master_script, select_test_script, reboot_script, master_user
 // and master_password.
 func (r *Rig) Config() map[string]any {
-	host, p, _ := net.SplitHostPort(r.Addr())
-	port, _ := strconv.Atoi(p)
+	host, port := sim.SplitAddr(r.Addr())
 	return map[string]any{
 		"device_ip":                 host,
 		"ssh_port":                  port,
@@ -398,17 +375,9 @@ func (r *Rig) SetFaults(f Faults) {
 	r.mu.Lock()
 	r.faults = f
 	r.mu.Unlock()
-	r.applyDiskFaults(f)
+	r.Disk.FailWritesAfter(f.WriteFailsAfter)
 	r.Master.SetFaults(masterFaults(f))
 	r.Test.SetFaults(testFaults(f))
-}
-
-func (r *Rig) applyDiskFaults(f Faults) {
-	if f.WriteFailsAfter > 0 {
-		r.Disk.FailAfter(f.WriteFailsAfter)
-	} else {
-		r.Disk.FailAfter(-1)
-	}
 }
 
 // target returns the address of the image the board booted.
@@ -514,109 +483,15 @@ func (r *Rig) snap(_ context.Context, x *sim.Exec) int {
 	return x.Errorf(1, "error: unknown command %q, see 'snap help'.", strings.Join(x.Args[1:], " "))
 }
 
-// partitions returns the partitions of what the card holds (none when it
-// holds no complete image) and its write count.
-func (r *Rig) partitions() ([]partition, int) {
-	im, err := sim.Bootable(r.Disk.Last())
-	if err != nil {
-		return nil, r.Disk.Writes()
-	}
-	return layoutOf(im), r.Disk.Writes()
-}
-
-// mount: mount PART MOUNTPOINT.
-func (r *Rig) mount(_ context.Context, x *sim.Exec) int {
-	args := x.Args[1:]
-	if len(args) != 2 || strings.HasPrefix(args[0], "-") {
-		return x.Errorf(1, "only mount DEVICE MOUNTPOINT is simulated")
-	}
-	if !x.Sudo {
-		return x.Errorf(32, "must be superuser to use mount")
-	}
-	node, mp := args[0], strings.TrimSuffix(args[1], "/")
-	parts, writes := r.partitions()
-	n := 0
-	for i := range parts {
-		if node == PartitionName(r.dev, i+1) {
-			n = i + 1
+// partition returns the card's partition whose node is node: mount's
+// resolver.
+func (r *Rig) partition(node string) (*sim.Volume, int, bool) {
+	for n := 1; n <= len(r.vol.Partitions()); n++ {
+		if node == sim.PartitionNode(r.dev, n) {
+			return r.vol, n, true
 		}
 	}
-	if n == 0 {
-		return x.Errorf(32, "%s: special device %s does not exist.", mp, node)
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if m, busy := r.mounts[mp]; busy {
-		return x.Errorf(32, "%s: %s already mounted or mount point busy (%s is there).", mp, node, m.node)
-	}
-	files := map[string][]byte{}
-	if s, ok := r.saved[n]; ok && s.writes == writes {
-		files = s.files
-	} else {
-		for rel, content := range parts[n-1].files {
-			files[rel] = []byte(content)
-		}
-	}
-	for rel, content := range files {
-		r.Master.WriteFile(mp+"/"+rel, content)
-	}
-	r.mounts[mp] = mounted{n: n, node: node, writes: writes}
-	return 0
-}
-
-// umount: umount MOUNTPOINT|PART.
-func (r *Rig) umount(_ context.Context, x *sim.Exec) int {
-	args := x.Args[1:]
-	if len(args) != 1 {
-		return x.Errorf(1, "only umount MOUNTPOINT is simulated")
-	}
-	if !x.Sudo {
-		return x.Errorf(32, "must be superuser to unmount")
-	}
-	target := strings.TrimSuffix(args[0], "/")
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for mp, m := range r.mounts {
-		if mp != target && m.node != target {
-			continue
-		}
-		files := map[string][]byte{}
-		for _, p := range r.Master.Files() {
-			if rel, ok := strings.CutPrefix(p, mp+"/"); ok {
-				files[rel], _ = r.Master.ReadFile(p)
-				r.Master.RemoveFile(p)
-			}
-		}
-		r.saved[m.n] = savedPart{writes: m.writes, files: files}
-		delete(r.mounts, mp)
-		return 0
-	}
-	return x.Errorf(32, "%s: not mounted.", target)
-}
-
-// ls: ls [DIR], one entry a line.
-func (r *Rig) ls(_ context.Context, x *sim.Exec) int {
-	args := x.Args[1:]
-	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
-		return x.Errorf(2, "only ls DIRECTORY is simulated")
-	}
-	dir := strings.TrimSuffix(args[0], "/")
-	var base []string
-	r.mu.Lock()
-	if m, ok := r.mounts[dir]; ok {
-		if parts, _ := r.partitions(); m.n <= len(parts) {
-			base = parts[m.n-1].entries
-		}
-	}
-	r.mu.Unlock()
-	entries := entriesUnder(dir, r.Master.Files(), base)
-	if len(entries) == 0 && base == nil {
-		return x.Errorf(2, "cannot access '%s': No such file or directory", dir)
-	}
-	for _, e := range entries {
-		fmt.Fprintln(x.Stdout, e)
-	}
-	return 0
+	return nil, 0, false
 }
 
 // sgdisk: sgdisk -o DEV writes a new, empty partition table.
@@ -640,42 +515,10 @@ func (r *Rig) sgdisk(_ context.Context, x *sim.Exec) int {
 	return 0
 }
 
-// chmod accepts any mode change.
-func chmod(_ context.Context, x *sim.Exec) int {
-	if len(x.Args) < 3 {
-		return x.Errorf(1, "missing operand")
-	}
-	return 0
-}
-
 // PartitionFiles returns the files of partition n (from 1) of the card
 // that a provisioning path read or wrote, by path relative to the
 // partition's root (see cm3sim.Rig.PartitionFiles). It is nil when the
 // card holds no partition n.
 func (r *Rig) PartitionFiles(n int) map[string][]byte {
-	parts, writes := r.partitions()
-	if n < 1 || n > len(parts) {
-		return nil
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for mp, m := range r.mounts {
-		if m.n == n && m.writes == writes {
-			files := map[string][]byte{}
-			for _, p := range r.Master.Files() {
-				if rel, ok := strings.CutPrefix(p, mp+"/"); ok {
-					files[rel], _ = r.Master.ReadFile(p)
-				}
-			}
-			return files
-		}
-	}
-	if s, ok := r.saved[n]; ok && s.writes == writes {
-		return maps.Clone(s.files)
-	}
-	files := map[string][]byte{}
-	for rel, content := range parts[n-1].files {
-		files[rel] = []byte(content)
-	}
-	return files
+	return r.mounts.PartitionFiles(r.vol, n)
 }

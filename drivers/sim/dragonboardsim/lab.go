@@ -2,14 +2,8 @@ package dragonboardsim
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"slices"
-	"strings"
-	"time"
 
 	"github.com/flingerlab/flinger/drivers/sim"
-	"github.com/flingerlab/flinger/events"
 )
 
 func init() {
@@ -20,7 +14,8 @@ func init() {
 // opts.AuthorizedKeys for any user (and their passwords: linaro/linaro on
 // the master image, ubuntu/ubuntu on the test image), and the scripts go
 // into opts.Dir. The rig's Config gives the device's keys. opts.Settings
-// accepts (durations as seconds or as "500ms", "2s"):
+// accepts (read by sim.Settings: durations as seconds or as "500ms", "2s";
+// sizes in bytes, or such as "64M"):
 //
 //	boot_time: 2s                   # how long either image takes to boot (default 1s)
 //	test_device: /dev/mmcblk1       # the card's device node on the master image
@@ -38,119 +33,32 @@ func init() {
 //	reset_fails: true
 //	select_fails: true
 func StartLab(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
-	s := settings{m: opts.Settings}
+	s := sim.NewSettings(opts.Settings)
 	o := Options{
 		Name:              opts.Name,
 		Dir:               opts.Dir,
-		BootTime:          s.duration("boot_time"),
-		TestDevice:        s.str("test_device"),
-		WritablePartition: s.str("writable_partition"),
-		StartInMaster:     s.boolean("start_in_master"),
-		DiskRate:          int64(s.integer("disk_rate")),
+		BootTime:          s.Duration("boot_time", 0),
+		TestDevice:        s.String("test_device", ""),
+		WritablePartition: s.String("writable_partition", ""),
+		StartInMaster:     s.Bool("start_in_master", false),
+		DiskRate:          s.Size("disk_rate", 0),
 		AuthorizedKeys:    opts.AuthorizedKeys,
 		Log:               opts.Log,
 		Faults: Faults{
-			MasterNeverBoots:           s.boolean("master_never_boots"),
-			NeverBoots:                 s.boolean("never_boots"),
-			HostKeyChangesOnBoot:       s.boolean("host_key_changes"),
-			MasterHostKeyChangesOnBoot: s.boolean("master_host_key_changes"),
-			StaleImage:                 s.boolean("stale_image"),
-			WriteFailsAfter:            int64(s.integer("write_fails_after")),
-			SlowLink:                   s.duration("slow_link"),
-			DropAfter:                  s.duration("drop_after"),
-			ResetFails:                 s.boolean("reset_fails"),
-			SelectFails:                s.boolean("select_fails"),
+			MasterNeverBoots:           s.Bool("master_never_boots", false),
+			NeverBoots:                 s.Bool("never_boots", false),
+			HostKeyChangesOnBoot:       s.Bool("host_key_changes", false),
+			MasterHostKeyChangesOnBoot: s.Bool("master_host_key_changes", false),
+			StaleImage:                 s.Bool("stale_image", false),
+			WriteFailsAfter:            s.Size("write_fails_after", 0),
+			SlowLink:                   s.Duration("slow_link", 0),
+			DropAfter:                  s.Duration("drop_after", 0),
+			ResetFails:                 s.Bool("reset_fails", false),
+			SelectFails:                s.Bool("select_fails", false),
 		},
 	}
-	if err := s.err(); err != nil {
+	if err := s.Err(); err != nil {
 		return nil, err
 	}
 	return Start(ctx, o)
-}
-
-// settings reads a lab entry's sim: keys, remembering which were read and
-// what was wrong with them.
-type settings struct {
-	m    map[string]any
-	used []string
-	errs []error
-}
-
-func (s *settings) get(key string) (any, bool) {
-	s.used = append(s.used, key)
-	v, ok := s.m[key]
-	return v, ok && v != nil
-}
-
-func (s *settings) duration(key string) time.Duration {
-	v, ok := s.get(key)
-	if !ok {
-		return 0
-	}
-	if str, isStr := v.(string); isStr {
-		if d, err := time.ParseDuration(str); err == nil && d >= 0 {
-			return d
-		}
-	}
-	d, err := events.Data{key: v}.Duration(key, 0)
-	if err == nil && d < 0 {
-		err = fmt.Errorf("%s: must not be negative", key)
-	}
-	if err != nil {
-		s.errs = append(s.errs, err)
-	}
-	return d
-}
-
-func (s *settings) boolean(key string) bool {
-	v, ok := s.get(key)
-	if !ok {
-		return false
-	}
-	b, isBool := v.(bool)
-	if !isBool {
-		s.errs = append(s.errs, fmt.Errorf("%s: must be true or false, got %s", key, events.TypeName(v)))
-	}
-	return b
-}
-
-func (s *settings) integer(key string) int {
-	v, ok := s.get(key)
-	if !ok {
-		return 0
-	}
-	n, isInt := events.AsInt(v)
-	if !isInt || n < 0 {
-		s.errs = append(s.errs, fmt.Errorf("%s: must be a whole number of at least 0, got %v", key, v))
-	}
-	return n
-}
-
-func (s *settings) str(key string) string {
-	v, ok := s.get(key)
-	if !ok {
-		return ""
-	}
-	str, isStr := v.(string)
-	if !isStr {
-		s.errs = append(s.errs, fmt.Errorf("%s: must be a string, got %s", key, events.TypeName(v)))
-	}
-	return str
-}
-
-// err returns the errors met and one naming the keys that were not read.
-func (s *settings) err() error {
-	var unknown []string
-	for k := range s.m {
-		if !slices.Contains(s.used, k) {
-			unknown = append(unknown, k)
-		}
-	}
-	if len(unknown) > 0 {
-		slices.Sort(unknown)
-		known := slices.Clone(s.used)
-		slices.Sort(known)
-		s.errs = append(s.errs, fmt.Errorf("unknown settings %s (known: %s)", strings.Join(unknown, ", "), strings.Join(known, ", ")))
-	}
-	return errors.Join(s.errs...)
 }

@@ -14,8 +14,6 @@ package dutsim
 import (
 	"context"
 	"fmt"
-	"net"
-	"strconv"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers/sim"
@@ -107,9 +105,8 @@ func Start(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
 
 // Config returns device_ip, ssh_port and reboot_script.
 func (d *Device) Config() map[string]any {
-	host, port, _ := net.SplitHostPort(d.DUT.Addr())
-	p, _ := strconv.Atoi(port)
-	return map[string]any{"device_ip": host, "ssh_port": p, "reboot_script": []any{d.reboot}}
+	host, port := sim.SplitAddr(d.DUT.Addr())
+	return map[string]any{"device_ip": host, "ssh_port": port, "reboot_script": []any{d.reboot}}
 }
 
 // Close stops the device and its switch.

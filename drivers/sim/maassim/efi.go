@@ -3,7 +3,7 @@ package maassim
 import (
 	"context"
 	"fmt"
-	"io"
+	"io/fs"
 	"regexp"
 	"slices"
 	"strings"
@@ -76,44 +76,18 @@ func (m *Machine) efibootmgr(_ context.Context, x *sim.Exec) int {
 	return 0
 }
 
-// tee is the system's tee: it copies its input to its output and to each
-// file (appending with -a). The TPM's request file only exists on a
-// machine with a TPM and is only writable as root.
-func (m *Machine) tee(_ context.Context, x *sim.Exec) int {
-	appendTo := false
-	var paths []string
-	for _, a := range x.Args[1:] {
-		switch {
-		case a == "-a" || a == "--append":
-			appendTo = true
-		case strings.HasPrefix(a, "-"):
-			return x.Errorf(1, "invalid option %q", a)
-		default:
-			paths = append(paths, a)
-		}
+// sysFile is the Check of the machine's tee (sim.Tee): a file under /sys
+// must exist (the TPM's request file only exists on a machine with a
+// TPM), and only root may write it.
+func sysFile(x *sim.Exec, p string) error {
+	if !strings.HasPrefix(p, "/sys/") {
+		return nil
 	}
-	for _, p := range paths {
-		if strings.HasPrefix(p, "/sys/") {
-			if _, ok := x.DUT.ReadFile(p); !ok {
-				return x.Errorf(1, "%s: No such file or directory", p)
-			}
-			if !x.Sudo {
-				return x.Errorf(1, "%s: Permission denied", p)
-			}
-		}
+	if _, ok := x.DUT.ReadFile(p); !ok {
+		return fs.ErrNotExist
 	}
-	b, err := io.ReadAll(io.LimitReader(x.Stdin, 16<<20))
-	if err != nil {
-		return x.Errorf(1, "reading standard input: %v", err)
+	if !x.Sudo {
+		return fs.ErrPermission
 	}
-	_, _ = x.Stdout.Write(b)
-	for _, p := range paths {
-		if appendTo {
-			old, _ := x.DUT.ReadFile(p)
-			x.DUT.WriteFile(p, append(old, b...))
-		} else {
-			x.DUT.WriteFile(p, b)
-		}
-	}
-	return 0
+	return nil
 }

@@ -4,12 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers/sim"
@@ -29,8 +25,9 @@ func init() {
 const CredentialsFile = "maas-api-key"
 
 // LabSettings documents the sim: keys of a maas2 device's entry in a lab
-// file (durations as Go durations such as "2s" or whole seconds; sizes as
-// bytes or with K, M, G or T, powers of 1000):
+// file, read with sim.Settings (durations as Go durations such as "2s" or
+// whole seconds; disk sizes as bytes or with K, M, G or T, powers of 1000,
+// as MAAS counts them):
 //
 //	version: 3.5.0             # the MAAS version reported (ephemeral deploys need 3.5)
 //	node_id: abc123            # the machine's system id (default: a random one)
@@ -110,60 +107,41 @@ func (d *LabDevice) Close() { d.Server.Close() }
 // StartLab starts a simulated MAAS with one machine for a lab device
 // (see LabSettings), writing its API key into opts.Dir.
 func StartLab(ctx context.Context, opts sim.LabOptions) (*LabDevice, error) {
-	for _, k := range slices.Sorted(maps.Keys(opts.Settings)) {
-		if !slices.Contains(LabSettings, k) {
-			return nil, fmt.Errorf("sim.%s: unknown key (known: %s)", k, strings.Join(LabSettings, ", "))
-		}
+	set := sim.NewSettings(opts.Settings)
+	so := Options{
+		Log:      opts.Log,
+		Version:  stringOrNumber(set, "version", DefaultVersion),
+		NotAdmin: set.Bool("not_admin", false),
+		Faults: Faults{
+			SlowAnswers:  labDuration(set, "slow_answers", 0),
+			FailRequests: set.Int("fail_requests", 0),
+			DropRequests: set.Int("drop_requests", 0),
+		},
 	}
-	set := settings(opts.Settings)
-	so := Options{Log: opts.Log}
 	mo := MachineOptions{
 		Hostname: opts.Name, AuthorizedKeys: opts.AuthorizedKeys,
-		Users:      map[string]string{"ubuntu": "ubuntu"},
-		DeployTime: labDeployTime, ReleaseTime: labReleaseTime, BootTime: labBootTime,
+		Users:       map[string]string{"ubuntu": "ubuntu"},
+		SystemID:    stringOrNumber(set, "node_id", ""),
+		Status:      stringOrNumber(set, "status", StatusReady),
+		DeployTime:  labDuration(set, "deploy_time", labDeployTime),
+		ReleaseTime: labDuration(set, "release_time", labReleaseTime),
+		BootTime:    labDuration(set, "boot_time", labBootTime),
+		Disks:       disks(set, "disks"),
+		NoTPM:       set.Bool("no_tpm", false),
+		Faults: MachineFaults{
+			DeployFails:       set.Bool("deploy_fails", false),
+			ReleaseHangs:      set.Bool("release_hangs", false),
+			MarkBrokenRefused: set.Bool("mark_broken_refused", false),
+			BMCUnresponsive:   set.Bool("bmc_unresponsive", false),
+			NoAddress:         set.Bool("no_address", false),
+			NeverBoots:        set.Bool("never_boots", false),
+			WrongDistro:       set.Bool("wrong_distro", false),
+			HostKeyChanges:    set.Bool("host_key_changes", false),
+			EFIDiskFirst:      set.Bool("efi_disk_first", false),
+		},
 	}
-	var err error
-	if so.Version, err = set.str("version", DefaultVersion); err != nil {
+	if err := set.Err(); err != nil {
 		return nil, err
-	}
-	if mo.SystemID, err = set.str("node_id", ""); err != nil {
-		return nil, err
-	}
-	if mo.Status, err = set.str("status", StatusReady); err != nil {
-		return nil, err
-	}
-	for _, dk := range []struct {
-		key string
-		dst *time.Duration
-	}{{"deploy_time", &mo.DeployTime}, {"release_time", &mo.ReleaseTime}, {"boot_time", &mo.BootTime}, {"slow_answers", &so.Faults.SlowAnswers}} {
-		if *dk.dst, err = set.duration(dk.key, *dk.dst); err != nil {
-			return nil, err
-		}
-	}
-	if mo.Disks, err = set.disks("disks"); err != nil {
-		return nil, err
-	}
-	f := &mo.Faults
-	for _, b := range []struct {
-		key string
-		dst *bool
-	}{
-		{"not_admin", &so.NotAdmin}, {"no_tpm", &mo.NoTPM}, {"deploy_fails", &f.DeployFails}, {"release_hangs", &f.ReleaseHangs},
-		{"mark_broken_refused", &f.MarkBrokenRefused}, {"bmc_unresponsive", &f.BMCUnresponsive}, {"no_address", &f.NoAddress},
-		{"never_boots", &f.NeverBoots}, {"wrong_distro", &f.WrongDistro}, {"host_key_changes", &f.HostKeyChanges},
-		{"efi_disk_first", &f.EFIDiskFirst},
-	} {
-		if *b.dst, err = set.boolean(b.key); err != nil {
-			return nil, err
-		}
-	}
-	for _, n := range []struct {
-		key string
-		dst *int
-	}{{"fail_requests", &so.Faults.FailRequests}, {"drop_requests", &so.Faults.DropRequests}} {
-		if *n.dst, err = set.count(n.key); err != nil {
-			return nil, err
-		}
 	}
 	srv, err := Start(ctx, so)
 	if err != nil {
@@ -198,93 +176,51 @@ func writeSecret(path, content string) error {
 	return f.Close()
 }
 
-// settings reads a lab entry's sim: keys.
-type settings map[string]any
-
-func (s settings) str(key, def string) (string, error) {
-	switch v := s[key].(type) {
-	case nil:
-		return def, nil
-	case string:
-		return v, nil
-	case int, float64:
-		return fmt.Sprint(v), nil
-	default:
-		return "", fmt.Errorf("sim.%s: must be a string, got %T", key, v)
-	}
-}
-
-func (s settings) boolean(key string) (bool, error) {
-	switch v := s[key].(type) {
-	case nil:
-		return false, nil
-	case bool:
-		return v, nil
-	default:
-		return false, fmt.Errorf("sim.%s: must be true or false, got %T", key, v)
-	}
-}
-
-func (s settings) count(key string) (int, error) {
-	switch v := s[key].(type) {
-	case nil:
-		return 0, nil
-	case int:
-		if v >= 0 {
-			return v, nil
-		}
-	case float64:
-		if v >= 0 && v == float64(int(v)) {
-			return int(v), nil
+// stringOrNumber reads a string setting that YAML may have decoded as a
+// number (a version 3.5, a node_id 123): the number is taken as written.
+func stringOrNumber(s *sim.Settings, key, def string) string {
+	if v, ok := s.Value(key); ok {
+		switch v.(type) {
+		case int, float64:
+			return fmt.Sprint(v)
 		}
 	}
-	return 0, fmt.Errorf("sim.%s: must be a whole number, at least 0, got %v", key, s[key])
+	return s.String(key, def)
 }
 
-func (s settings) duration(key string, def time.Duration) (time.Duration, error) {
-	var d time.Duration
-	switch v := s[key].(type) {
-	case nil:
-		return def, nil
-	case int:
-		d = time.Duration(v) * time.Second
-	case float64:
-		d = time.Duration(v * float64(time.Second))
-	case string:
-		var err error
-		if d, err = time.ParseDuration(v); err != nil {
-			n, nerr := strconv.Atoi(v)
-			if nerr != nil {
-				return 0, fmt.Errorf("sim.%s: %q is not a duration such as 2s or 500ms", key, v)
-			}
-			d = time.Duration(n) * time.Second
-		}
-	default:
-		return 0, fmt.Errorf("sim.%s: must be a duration such as 2s, got %T", key, v)
+// maxLabDuration bounds the durations of a lab's MAAS.
+const maxLabDuration = time.Hour
+
+// labDuration reads a duration setting of at most maxLabDuration.
+func labDuration(s *sim.Settings, key string, def time.Duration) time.Duration {
+	d := s.Duration(key, def)
+	if d > maxLabDuration {
+		s.Invalid(key, "%s out of range (0s to %s)", d, maxLabDuration)
+		return def
 	}
-	if d < 0 || d > time.Hour {
-		return 0, fmt.Errorf("sim.%s: %s out of range (0s to 1h)", key, d)
-	}
-	return d, nil
+	return d
 }
 
-// disks reads a list of disk sizes.
-func (s settings) disks(key string) ([]Disk, error) {
-	v, ok := s[key]
-	if !ok || v == nil {
-		return nil, nil
+// disks reads a list of disk sizes (MAAS's sizes: bytes, or with K, M, G
+// or T, powers of 1000), each of at least 64M.
+func disks(s *sim.Settings, key string) []Disk {
+	v, ok := s.Value(key)
+	if !ok {
+		return nil
 	}
 	list, ok := v.([]any)
 	if !ok || len(list) == 0 {
-		return nil, fmt.Errorf("sim.%s: must be a list of disk sizes, such as [500G, 250G]", key)
+		s.Invalid(key, "must be a list of disk sizes, such as [500G, 250G]")
+		return nil
 	}
 	var out []Disk
 	for i, e := range list {
 		n, err := parseSize(fmt.Sprint(e))
 		if err != nil || n < 64<<20 {
-			return nil, fmt.Errorf("sim.%s[%d]: %v is not a disk size of at least 64M", key, i, e)
+			s.Invalid(fmt.Sprintf("%s[%d]", key, i), "%v is not a disk size of at least 64M", e)
+			return nil
 		}
 		out = append(out, Disk{Name: "sd" + string(rune('a'+i)), Size: n, Model: "QEMU HARDDISK", Serial: fmt.Sprintf("QM%05d", i+1)})
 	}
-	return out, nil
+	return out
 }

@@ -273,7 +273,7 @@ func (s *Server) AddMachine(ctx context.Context, o MachineOptions) (*Machine, er
 		efiOrder: slices.Clone(o.BootOrder), efiCurrent: o.BootOrder[0],
 	}
 	dut.Handle("efibootmgr", m.efibootmgr)
-	dut.Handle("tee", m.tee)
+	dut.Handle("tee", sim.Tee{Check: sysFile}.Run)
 	if m.tpm {
 		dut.WriteFile(TPMRequestPath, []byte("0\n"))
 	}
@@ -319,9 +319,8 @@ func (m *Machine) DUT() *sim.DUT { return m.dut }
 
 // SSHPort returns the port its system answers SSH on.
 func (m *Machine) SSHPort() int {
-	_, p, _ := net.SplitHostPort(m.dut.Addr())
-	n, _ := strconv.Atoi(p)
-	return n
+	_, port := sim.SplitAddr(m.dut.Addr())
+	return port
 }
 
 // DeviceIP returns the address its system answers SSH on.

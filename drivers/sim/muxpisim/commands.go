@@ -3,14 +3,9 @@ package muxpisim
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"path"
-	"slices"
-	"strconv"
+	"io/fs"
 	"strings"
-	"time"
 
 	"github.com/flingerlab/flinger/drivers/sim"
 )
@@ -21,14 +16,8 @@ func (r *Rig) installCommands() {
 	c.Handle("stm", r.stm)
 	c.Handle(r.muxCLI, r.mux)
 	c.Handle("lsblk", r.lsblk)
-	c.Handle("mount", r.mountCmd)
-	c.Handle("umount", r.umount)
-	c.Handle("ls", r.ls)
-	c.Handle("test", r.test)
-	c.Handle("[", r.test)
-	c.Handle("cp", r.cp)
-	c.Handle("chmod", r.chmod)
-	c.Handle("dd", r.dd)
+	c.Handle("dd", sim.DD{Open: r.openMedium}.Run)
+	r.mounts.Install()
 }
 
 // stm is MuxPi's stm: -ts and -dut switch the SD card, -tick power-cycles
@@ -132,6 +121,7 @@ func (r *Rig) lsblk(_ context.Context, x *sim.Exec) int {
 	if len(devs) == 0 {
 		return x.Errorf(1, "a device is required (simulated: lsblk DEVICE)")
 	}
+	mounts := r.mounts.List()
 	r.mu.Lock()
 	var out []lsblkDevice
 	for _, d := range devs {
@@ -146,12 +136,12 @@ func (r *Rig) lsblk(_ context.Context, x *sim.Exec) int {
 			return x.Errorf(32, "%s: not a block device", d)
 		}
 		dev := lsblkDevice{Name: strings.TrimPrefix(md.node, "/dev/")}
-		for i, p := range md.partsLocked() {
+		for i, p := range md.vol.Partitions() {
 			label := p.Label
-			child := lsblkDevice{Name: partName(md.node, i), Label: &label}
-			for dir, mt := range r.mounts {
-				if mt.m == md && mt.index == i {
-					mp := dir
+			child := lsblkDevice{Name: strings.TrimPrefix(sim.PartitionNode(md.node, i+1), "/dev/"), Label: &label}
+			for _, mt := range mounts {
+				if mt.Volume == md.vol && mt.N == i+1 {
+					mp := mt.Dir
 					child.Mountpoint = &mp
 				}
 			}
@@ -228,310 +218,15 @@ func deref(s *string) string {
 	return *s
 }
 
-// mountCmd mounts a partition: mount [-o OPTS] [-t TYPE] DEVICE DIR.
-func (r *Rig) mountCmd(_ context.Context, x *sim.Exec) int {
-	var pos []string
-	args := x.Args[1:]
-	for i := 0; i < len(args); i++ {
-		switch a := args[i]; {
-		case a == "-o" || a == "-t":
-			i++
-		case strings.HasPrefix(a, "-"):
-		default:
-			pos = append(pos, a)
-		}
-	}
-	if len(pos) != 2 {
-		return x.Errorf(1, "usage: mount DEVICE DIR")
-	}
-	dev, dir := pos[0], path.Clean(pos[1])
-	if !x.Sudo {
-		return x.Errorf(32, "must be superuser to use mount.")
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if _, busy := r.mounts[dir]; busy {
-		return x.Errorf(32, "%s: %s already mounted on %s.", dir, dev, dir)
-	}
-	for _, mt := range r.mounts {
-		if mt.dev == dev {
-			return x.Errorf(32, "%s: %s already mounted.", dir, dev)
-		}
-	}
-	m, i, ok := r.partitionLocked(dev)
-	if !ok {
-		return x.Errorf(32, "%s: special device %s does not exist.", dir, dev)
-	}
-	r.mountLocked(m, i, dev, dir)
-	return 0
-}
-
-// umount unmounts mount points or devices: umount [-l] [-f] TARGET...
-func (r *Rig) umount(_ context.Context, x *sim.Exec) int {
-	if !x.Sudo {
-		return x.Errorf(32, "must be superuser to unmount.")
-	}
-	code := 0
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, a := range x.Args[1:] {
-		if strings.HasPrefix(a, "-") {
-			continue
-		}
-		target := path.Clean(a)
-		dir := ""
-		if _, ok := r.mounts[target]; ok {
-			dir = target
-		}
-		for d, mt := range r.mounts {
-			if mt.dev == a {
-				dir = d
-			}
-		}
-		if dir == "" {
-			fmt.Fprintf(x.Stderr, "umount: %s: not mounted.\n", a)
-			code = 32
-			continue
-		}
-		r.unmountLocked(dir)
-	}
-	return code
-}
-
-// exists reports whether p is a file or a directory (a file is under it)
-// on the control host, and which.
-func (r *Rig) exists(p string) (file, dir bool) {
-	p = path.Clean(p)
-	if _, ok := r.Control.ReadFile(p); ok {
-		return true, false
-	}
-	prefix := strings.TrimSuffix(p, "/") + "/"
-	for _, f := range r.Control.Files() {
-		if strings.HasPrefix(f, prefix) {
-			return false, true
-		}
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	_, mounted := r.mounts[p]
-	return false, mounted || p == "/" || p == "/mnt" || p == "/tmp"
-}
-
-// test is test -e|-f|-d|-b PATH (and [ ... ]) with directories.
-func (r *Rig) test(_ context.Context, x *sim.Exec) int {
-	args := x.Args[1:]
-	if x.Args[0] == "[" {
-		if len(args) == 0 || args[len(args)-1] != "]" {
-			return x.Errorf(2, "missing ]")
-		}
-		args = args[:len(args)-1]
-	}
-	if len(args) != 2 {
-		return x.Errorf(2, "only -e, -f, -d and -b PATH are simulated")
-	}
-	file, dir := r.exists(args[1])
-	var ok bool
-	switch args[0] {
-	case "-e":
-		ok = file || dir || r.Control.Disk(args[1]) != nil
-	case "-f":
-		ok = file
-	case "-d":
-		ok = dir
-	case "-b":
-		ok = r.Control.Disk(args[1]) != nil
-	default:
-		return x.Errorf(2, "only -e, -f, -d and -b PATH are simulated")
-	}
-	if ok {
-		return 0
-	}
-	return 1
-}
-
-// ls lists a directory's entries, one a line: ls [-1] [-a] DIR.
-func (r *Rig) ls(_ context.Context, x *sim.Exec) int {
-	var dirs []string
-	for _, a := range x.Args[1:] {
-		if !strings.HasPrefix(a, "-") {
-			dirs = append(dirs, a)
-		}
-	}
-	if len(dirs) != 1 {
-		return x.Errorf(2, "only ls DIR is simulated")
-	}
-	p := path.Clean(dirs[0])
-	if file, _ := r.exists(p); file {
-		fmt.Fprintln(x.Stdout, p)
-		return 0
-	}
-	prefix := strings.TrimSuffix(p, "/") + "/"
-	var names []string
-	for _, f := range r.Control.Files() {
-		if rest, ok := strings.CutPrefix(f, prefix); ok {
-			name, _, _ := strings.Cut(rest, "/")
-			if !slices.Contains(names, name) {
-				names = append(names, name)
-			}
-		}
-	}
-	if _, dir := r.exists(p); !dir {
-		return x.Errorf(2, "cannot access '%s': No such file or directory", dirs[0])
-	}
-	slices.Sort(names)
-	for _, n := range names {
-		fmt.Fprintln(x.Stdout, n)
-	}
-	return 0
-}
-
-// cp copies a file: cp [-a|-r|-p|-f] SRC DST (DST may be a directory).
-func (r *Rig) cp(_ context.Context, x *sim.Exec) int {
-	var pos []string
-	for _, a := range x.Args[1:] {
-		if !strings.HasPrefix(a, "-") {
-			pos = append(pos, a)
-		}
-	}
-	if len(pos) != 2 {
-		return x.Errorf(1, "only cp SRC DST is simulated")
-	}
-	src, dst := path.Clean(pos[0]), path.Clean(pos[1])
-	b, ok := r.Control.ReadFile(src)
-	if !ok {
-		return x.Errorf(1, "cannot stat '%s': No such file or directory", pos[0])
-	}
-	if _, dir := r.exists(dst); dir || strings.HasSuffix(pos[1], "/") {
-		dst = dst + "/" + path.Base(src)
-	}
-	r.Control.WriteFile(dst, b)
-	return 0
-}
-
-// chmod checks that the file exists; modes are not kept.
-func (r *Rig) chmod(_ context.Context, x *sim.Exec) int {
-	if len(x.Args) != 3 {
-		return x.Errorf(1, "only chmod MODE PATH is simulated")
-	}
-	if file, dir := r.exists(x.Args[2]); !file && !dir {
-		return x.Errorf(1, "cannot access '%s': No such file or directory", x.Args[2])
-	}
-	return 0
-}
-
-// ddBlock is the most the rig's dd writes at once, so that a cancelled
-// write stops promptly even on a slow card.
-const ddBlock = 256 << 10
-
-// dd writes its standard input to a medium switched to the control host:
-// dd of=DEVICE [bs=N[K|M|G]] [status=none|progress] [conv=..] [oflag=..]
-// [iflag=..]. It writes in blocks of at most ddBlock, stops as soon as it
-// is signalled (exit 130), and prints GNU dd's summary on stderr.
-func (r *Rig) dd(ctx context.Context, x *sim.Exec) int {
-	of, quiet := "", false
-	bs := int64(512)
-	for _, a := range x.Args[1:] {
-		k, v, ok := strings.Cut(a, "=")
-		if !ok {
-			return x.Errorf(1, "unrecognized operand %q", a)
-		}
-		switch k {
-		case "of":
-			of = v
-		case "bs", "obs":
-			n, err := parseSize(v)
-			if err != nil || n <= 0 {
-				return x.Errorf(1, "invalid number: %q", v)
-			}
-			bs = n
-		case "status":
-			quiet = v == "none"
-		case "conv", "oflag", "iflag", "ibs":
-		default:
-			return x.Errorf(1, "operand %q is not simulated", a)
-		}
-	}
-	if of == "" {
-		return x.Errorf(1, "only dd of=DEVICE is simulated")
-	}
-	disk := r.Control.Disk(of)
+// openMedium is dd's Open on the control host: a medium switched to it,
+// which only root may write.
+func (r *Rig) openMedium(x *sim.Exec, path string) (*sim.Disk, error) {
+	disk := r.Control.Disk(path)
 	if disk == nil {
-		return x.Errorf(1, "failed to open '%s': No such file or directory", of)
+		return nil, fs.ErrNotExist
 	}
 	if !x.Sudo {
-		return x.Errorf(1, "failed to open '%s': Permission denied", of)
+		return nil, fs.ErrPermission
 	}
-	start := time.Now()
-	n, err := disk.CopyTo(ctx, &ctxReader{ctx: ctx, r: x.Stdin}, int(min(bs, ddBlock)))
-	if ctx.Err() != nil {
-		return 130
-	}
-	if err != nil {
-		if errors.Is(err, sim.ErrIO) {
-			fmt.Fprintf(x.Stderr, "dd: error writing '%s': Input/output error\n", of)
-		} else {
-			fmt.Fprintf(x.Stderr, "dd: error writing '%s': %v\n", of, err)
-		}
-	}
-	if !quiet {
-		records, partial := n/bs, 0
-		if n%bs != 0 {
-			partial = 1
-		}
-		secs := max(time.Since(start).Seconds(), 1e-6)
-		fmt.Fprintf(x.Stderr, "%d+%d records in\n%d+%d records out\n%d bytes copied, %.3f s, %.1f MB/s\n",
-			records, partial, records, partial, n, secs, float64(n)/secs/1e6)
-	}
-	if err != nil {
-		return 1
-	}
-	return 0
-}
-
-// parseSize parses dd's sizes: a number with an optional K, M or G suffix.
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	switch {
-	case strings.HasSuffix(s, "K") || strings.HasSuffix(s, "k"):
-		mult, s = 1<<10, s[:len(s)-1]
-	case strings.HasSuffix(s, "M"):
-		mult, s = 1<<20, s[:len(s)-1]
-	case strings.HasSuffix(s, "G"):
-		mult, s = 1<<30, s[:len(s)-1]
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n > 1<<40/mult {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return n * mult, nil
-}
-
-// ctxReader is a reader that gives up when ctx is done, even while a Read
-// of r blocks (that Read goes on in the background until r ends).
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	type result struct {
-		n   int
-		err error
-	}
-	buf := make([]byte, min(len(p), 64<<10))
-	ch := make(chan result, 1)
-	go func() {
-		n, err := c.r.Read(buf)
-		ch <- result{n, err}
-	}()
-	select {
-	case res := <-ch:
-		copy(p, buf[:res.n])
-		return res.n, res.err
-	case <-c.ctx.Done():
-		return 0, c.ctx.Err()
-	}
+	return disk, nil
 }

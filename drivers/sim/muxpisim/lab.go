@@ -3,20 +3,16 @@ package muxpisim
 import (
 	"context"
 	"fmt"
-	"maps"
-	"slices"
-	"strings"
-	"time"
 
 	"github.com/flingerlab/flinger/drivers/sim"
-	"github.com/flingerlab/flinger/events"
 )
 
 // LabType is the connector type this package simulates.
 const LabType = "muxpi"
 
 // LabSettings are the sim: keys a muxpi device's entry in a lab file may
-// hold (durations in seconds or as "500ms", "2s"):
+// hold (read by sim.Settings: durations in seconds or as "500ms", "2s";
+// sizes in bytes, or such as "64M"):
 //
 //	boot_time: 1s                  # the DUT's boot time (default 200ms)
 //	control_boot_time: 1s          # the control host's (default 200ms)
@@ -78,80 +74,36 @@ func (d labDevice) Config() map[string]any {
 }
 
 // LabOptions turns the options `flinger lab` gives a simulated device into
-// a rig's Options, reading the settings listed in LabSettings; an unknown
-// setting or a value of the wrong type is an error naming it.
+// a rig's Options, reading the settings listed in LabSettings with
+// sim.Settings; unknown settings and values of the wrong type are an
+// error naming them.
 func LabOptions(lo sim.LabOptions) (Options, error) {
-	s := events.Data(lo.Settings)
-	var unknown []string
-	for _, k := range slices.Sorted(maps.Keys(lo.Settings)) {
-		if !slices.Contains(LabSettings, k) {
-			unknown = append(unknown, k)
-		}
+	s := sim.NewSettings(lo.Settings)
+	o := Options{
+		Name:            lo.Name,
+		Dir:             lo.Dir,
+		AuthorizedKeys:  lo.AuthorizedKeys,
+		Log:             lo.Log,
+		BootTime:        s.Duration("boot_time", 0),
+		ControlBootTime: s.Duration("control_boot_time", 0),
+		TestDevice:      s.String("test_device", ""),
+		USBNode:         s.String("usb_node", ""),
+		MuxCLI:          s.String("mux_cli", ""),
+		Faults: Faults{
+			NeverBoots:               s.Bool("never_boots", false),
+			HostKeyChangesOnBoot:     s.Bool("host_key_changes_on_boot", false),
+			WriteFailsAfter:          s.Size("write_fails_after", 0),
+			WriteRate:                s.Size("write_rate", 0),
+			ControlDropAfter:         s.Duration("control_drop_after", 0),
+			SlowLink:                 s.Duration("slow_link", 0),
+			ControlUnreachable:       s.Bool("control_unreachable", false),
+			ControlAPIDown:           s.Bool("control_api_down", false),
+			RebootScriptFails:        s.Bool("reboot_script_fails", false),
+			ControlRebootScriptFails: s.Bool("control_reboot_script_fails", false),
+		},
 	}
-	if len(unknown) > 0 {
-		return Options{}, fmt.Errorf("muxpi simulator: unknown settings %s (known: %s)", strings.Join(unknown, ", "), strings.Join(LabSettings, ", "))
-	}
-	o := Options{Name: lo.Name, Dir: lo.Dir, AuthorizedKeys: lo.AuthorizedKeys, Log: lo.Log}
-	var errs []string
-	dur := func(key string, dst *time.Duration) {
-		v, err := duration(s, key)
-		if err != nil {
-			errs = append(errs, err.Error())
-		}
-		*dst = v
-	}
-	str := func(key string, dst *string) {
-		v, err := s.String(key, "")
-		if err != nil {
-			errs = append(errs, err.Error())
-		}
-		*dst = v
-	}
-	flag := func(key string, dst *bool) {
-		v, err := s.Bool(key, false)
-		if err != nil {
-			errs = append(errs, err.Error())
-		}
-		*dst = v
-	}
-	num := func(key string, dst *int64) {
-		v, err := s.Int(key, 0)
-		if err != nil {
-			errs = append(errs, err.Error())
-		}
-		*dst = int64(v)
-	}
-	dur("boot_time", &o.BootTime)
-	dur("control_boot_time", &o.ControlBootTime)
-	str("test_device", &o.TestDevice)
-	str("usb_node", &o.USBNode)
-	str("mux_cli", &o.MuxCLI)
-	flag("never_boots", &o.Faults.NeverBoots)
-	flag("host_key_changes_on_boot", &o.Faults.HostKeyChangesOnBoot)
-	num("write_fails_after", &o.Faults.WriteFailsAfter)
-	num("write_rate", &o.Faults.WriteRate)
-	dur("control_drop_after", &o.Faults.ControlDropAfter)
-	dur("slow_link", &o.Faults.SlowLink)
-	flag("control_unreachable", &o.Faults.ControlUnreachable)
-	flag("control_api_down", &o.Faults.ControlAPIDown)
-	flag("reboot_script_fails", &o.Faults.RebootScriptFails)
-	flag("control_reboot_script_fails", &o.Faults.ControlRebootScriptFails)
-	if len(errs) > 0 {
-		return Options{}, fmt.Errorf("muxpi simulator: %s", strings.Join(errs, "; "))
-	}
-	if o.BootTime < 0 || o.ControlBootTime < 0 {
-		return Options{}, fmt.Errorf("muxpi simulator: boot times must not be negative")
+	if err := s.Err(); err != nil {
+		return Options{}, fmt.Errorf("muxpi simulator: %w", err)
 	}
 	return o, nil
-}
-
-// duration reads a duration setting: whole seconds, or a Go or Flinger
-// duration string.
-func duration(d events.Data, key string) (time.Duration, error) {
-	if s, ok := d[key].(string); ok {
-		if v, err := time.ParseDuration(s); err == nil {
-			return v, nil
-		}
-	}
-	return d.Duration(key, 0)
 }

@@ -32,8 +32,7 @@
 // rm, the decompressors...):
 //
 //	dd of=DEVICE [bs=N] ...   write standard input to a medium switched to the
-//	                          control host (with sudo), at most 256 KiB at a
-//	                          time, stopping at once when signalled
+//	                          control host (with sudo): sim.DD
 //	stm -ts | -dut            switch the SD card to the control host | to the DUT
 //	stm -tick                 power-cycle the DUT
 //	CLI sdwire|typecmux plug_to_self   switch the SD card | USB stick to the
@@ -42,7 +41,7 @@
 //	CLI sdwire|typecmux set TS|DUT     the same, printing nothing
 //	CLI --help
 //	lsblk [-J] [-n] [-o NAME,LABEL,MOUNTPOINT] DEVICE...
-//	mount DEVICE DIR, umount DIR|DEVICE...
+//	mount DEVICE DIR, umount DIR|DEVICE...   and the other commands of sim.Mounts:
 //	ls [-1] [-a] DIR, test -e|-f|-d|-b PATH, cp [-a] SRC DST, chmod MODE PATH
 //
 // where CLI is Options.MuxCLI (default zapper). Every command may be run
@@ -76,12 +75,9 @@ package muxpisim
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"strconv"
 	"sync"
 	"time"
 
@@ -105,7 +101,7 @@ const (
 
 // BootIDPath is the file of the control host that changes on each of its
 // boots, as on Linux.
-const BootIDPath = "/proc/sys/kernel/random/boot_id"
+const BootIDPath = sim.BootIDPath
 
 // Media is one of the rig's boot media.
 type Media string
@@ -227,11 +223,11 @@ type Rig struct {
 	powerOnScript       string
 	controlRebootScript string
 	log                 *slog.Logger
+	mounts              *sim.Mounts // the control host's
 
 	mu        sync.Mutex
 	media     map[Media]*medium
-	mounts    map[string]*mount // by mount point
-	preferred Media             // last medium handed back to the DUT after a write
+	preferred Media // last medium handed back to the DUT after a write
 	faults    Faults
 	switches  []string // switch history, for tests
 }
@@ -290,12 +286,14 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 		password: opts.ControlPassword,
 		muxCLI:   opts.MuxCLI,
 		log:      opts.Log.With("rig", opts.Name),
-		mounts:   map[string]*mount{},
 		faults:   opts.Faults,
 		media: map[Media]*medium{
 			MediaSD:  {name: MediaSD, node: opts.TestDevice, disk: sim.NewDisk(opts.TestDevice, 0)},
 			MediaUSB: {name: MediaUSB, node: opts.USBNode, disk: sim.NewDisk(opts.USBNode, 0)},
 		},
+	}
+	for _, m := range r.media {
+		m.vol = sim.NewVolume(m.disk, Layout)
 	}
 	// The SD card holds the image the DUT runs.
 	if _, err := r.media[MediaSD].disk.CopyTo(ctx, opts.Image.Reader(), 1<<20); err != nil {
@@ -328,6 +326,7 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("muxpisim: control host: %w", err)
 	}
+	r.mounts = sim.NewMounts(r.Control, r.partition)
 	r.newBootID()
 	r.API, err = controlhostsim.Start(ctx, controlhostsim.Options{Name: opts.Name + "-control", Host: r.Control, Log: opts.Log})
 	if err != nil {
@@ -397,11 +396,7 @@ func (r *Rig) SetFaults(f Faults) {
 	media := []*medium{r.media[MediaSD], r.media[MediaUSB]}
 	r.mu.Unlock()
 	for _, m := range media {
-		n := int64(-1)
-		if f.WriteFailsAfter > 0 {
-			n = f.WriteFailsAfter
-		}
-		m.disk.FailAfter(n)
+		m.disk.FailWritesAfter(f.WriteFailsAfter)
 		m.disk.SetRate(max(f.WriteRate, 0))
 	}
 	r.DUT.SetFaults(sim.Faults{NeverBoots: f.NeverBoots, HostKeyChangesOnBoot: f.HostKeyChangesOnBoot})
@@ -434,9 +429,7 @@ func (r *Rig) resetControl() error {
 	if r.Faults().ControlRebootScriptFails {
 		return errors.New("the control host's power relay does not answer (injected fault)")
 	}
-	r.mu.Lock()
-	r.unmountAllLocked()
-	r.mu.Unlock()
+	r.mounts.UnmountAll()
 	r.API.PowerOff()
 	r.newBootID()
 	r.API.PowerOn()
@@ -445,10 +438,7 @@ func (r *Rig) resetControl() error {
 
 // newBootID gives the control host a new boot_id.
 func (r *Rig) newBootID() {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	id := fmt.Sprintf("%x-%x-%x-%x-%x\n", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
-	r.Control.WriteFile(BootIDPath, []byte(id))
+	r.Control.WriteFile(BootIDPath, sim.NewBootID())
 }
 
 // RebootScript returns the path of the local script that power-cycles the
@@ -514,8 +504,8 @@ func (r *Rig) MuxCLI() string { return r.muxCLI }
 // test_device, reboot_script, poweroff_script, poweron_script and
 // control_host_reboot_script.
 func (r *Rig) Config() map[string]any {
-	dutHost, dutPort := splitAddr(r.DUT.Addr())
-	ctlHost, ctlPort := splitAddr(r.Control.Addr())
+	dutHost, dutPort := sim.SplitAddr(r.DUT.Addr())
+	ctlHost, ctlPort := sim.SplitAddr(r.Control.Addr())
 	c := map[string]any{
 		"device_ip":                  dutHost,
 		"ssh_port":                   dutPort,
@@ -533,15 +523,6 @@ func (r *Rig) Config() map[string]any {
 		c["control_password"] = r.password
 	}
 	return c
-}
-
-func splitAddr(addr string) (string, int) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr, 0
-	}
-	n, _ := strconv.Atoi(port)
-	return host, n
 }
 
 // bootCheck is the DUT's BootCheck: it boots the medium last handed back
@@ -590,7 +571,7 @@ func (r *Rig) switchLocked(m *medium, s Side) {
 		m.written = m.disk.Writes()
 		r.Control.AddDisk(m.node, m.disk)
 	case DUTSide:
-		r.unmountMediumLocked(m)
+		r.mounts.UnmountVolume(m.vol)
 		r.Control.AddDisk(m.node, nil)
 		if m.disk.Writes() != m.written {
 			r.preferred = m.name

@@ -38,7 +38,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -237,7 +236,7 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 		}
 		osRelease = opts.Image.OSRelease
 	}
-	disk.FailAfter(failAfter(opts.Faults))
+	disk.FailWritesAfter(opts.Faults.WriteFailsAfter)
 
 	// The imager's port is chosen once and kept across reboots.
 	ln, err := net.Listen("tcp", net.JoinHostPort(opts.DeviceIP, "0"))
@@ -306,13 +305,6 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 	context.AfterFunc(ctx, r.Close)
 	log.Info("netbootsim: started", "imager", imagerAddr, "ssh", dut.Addr(), "running", opts.Start)
 	return r, nil
-}
-
-func failAfter(f Faults) int64 {
-	if f.WriteFailsAfter > 0 {
-		return f.WriteFailsAfter
-	}
-	return -1
 }
 
 // DUT returns the test image's simulated device.
@@ -397,7 +389,7 @@ func (r *Rig) SetFaults(f Faults) {
 	r.mu.Lock()
 	r.faults = f
 	r.mu.Unlock()
-	r.disk.FailAfter(failAfter(f))
+	r.disk.FailWritesAfter(f.WriteFailsAfter)
 	df := r.dut.Faults()
 	df.NeverBoots, df.HostKeyChangesOnBoot = f.NeverBoots, f.HostKeyChangesOnBoot
 	r.dut.SetFaults(df)
@@ -582,16 +574,12 @@ func (r *Rig) writeImage(ctx context.Context, w http.ResponseWriter, req *http.R
 		// no answer.
 		panic(http.ErrAbortHandler)
 	}
-	summary := fmt.Sprintf("%d+%d records in\n%d+%d records out\n%d bytes copied, %.3f s, %.1f MB/s\n",
-		n/ddBlock, min(n%ddBlock, 1), n/ddBlock, min(n%ddBlock, 1), n, max(time.Since(start).Seconds(), 1e-6),
-		float64(n)/1e6/max(time.Since(start).Seconds(), 1e-6))
+	summary := sim.DDSummary(n, ddBlock, time.Since(start))
 	switch {
 	case unxz.err != nil:
 		fail("unxz: (stdin): %v\n%s", unxz.err, summary)
-	case werr != nil && errors.Is(werr, sim.ErrIO):
-		fail("dd: error writing '%s': Input/output error\n%s", dev, summary)
 	case werr != nil:
-		fail("dd: error writing '%s': %v\n%s", dev, werr, summary)
+		fail("%s\n%s", sim.DDWriteError(dev, werr), summary)
 	default:
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprint(w, summary)
@@ -709,22 +697,17 @@ func (d *dropReader) Read(p []byte) (int, error) {
 // device_ip, ssh_port, imager_port, test_device, select_master_script,
 // select_test_script and reboot_script.
 func (r *Rig) Config() map[string]any {
-	_, sshPort, _ := net.SplitHostPort(r.dut.Addr())
-	_, imagerPort, _ := net.SplitHostPort(r.imagerAddr)
+	_, sshPort := sim.SplitAddr(r.dut.Addr())
+	_, imagerPort := sim.SplitAddr(r.imagerAddr)
 	return map[string]any{
 		"device_ip":            r.deviceIP,
-		"ssh_port":             atoi(sshPort),
-		"imager_port":          atoi(imagerPort),
+		"ssh_port":             sshPort,
+		"imager_port":          imagerPort,
 		"test_device":          r.testDevice,
 		"select_master_script": []any{r.scripts[SelectMasterScript]},
 		"select_test_script":   []any{r.scripts[SelectTestScript]},
 		"reboot_script":        []any{r.scripts[RebootScript]},
 	}
-}
-
-func atoi(s string) int {
-	n, _ := strconv.Atoi(s)
-	return n
 }
 
 // Close stops the device for good and waits for its goroutines.

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ulikunitz/xz"
-
 	"github.com/flingerlab/flinger/drivers/sim"
 	"github.com/flingerlab/flinger/drivers/sim/netbootsim"
 	"github.com/flingerlab/flinger/drivers/sshx"
@@ -39,18 +37,11 @@ func start(t *testing.T, opts netbootsim.Options) *netbootsim.Rig {
 
 func xzBytes(t *testing.T, b []byte) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	w, err := xz.NewWriter(&buf)
+	z, err := sim.Compress("xz", bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return z
 }
 
 // serve serves data once on loopback and returns its address and the

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"path"
 	"regexp"
@@ -37,7 +38,7 @@ func (r *Rig) commands() map[string]sim.Command {
 		"systemctl":    r.systemctl,
 		"snap":         r.snap,
 		"apt-get":      r.aptGet,
-		"dd":           r.dd,
+		"dd":           sim.DD{Open: r.openFile}.Run,
 		"rm":           r.rm,
 		"reboot":       r.rebootCmd,
 		"/sbin/reboot": r.rebootCmd,
@@ -264,6 +265,11 @@ func (r *Rig) blkid(_ context.Context, x *sim.Exec) int {
 }
 
 // mount mounts an ISO file (-o loop) or a partition: mount [-o OPTS] SRC DIR.
+// The laptop keeps its own mount table, not a sim.Mounts (which belongs
+// to one DUT): the table outlives each incarnation of the DUT, the
+// partitions' files (under /cdrom) stay on the laptop whether mounted or
+// not, and what a mount adds is an ISO's files. Its cp and chmod,
+// likewise, act on whichever incarnation runs them.
 func (r *Rig) mount(_ context.Context, x *sim.Exec) int {
 	var opts string
 	var pos []string
@@ -642,86 +648,22 @@ func writable(p string) bool {
 	return false
 }
 
-// dd writes stdin to a disk, or to a file (a disk of FreeSpace bytes
-// created for it): dd of=PATH [bs=N] [status=...] [conv=...] [oflag=...].
-func (r *Rig) dd(ctx context.Context, x *sim.Exec) int {
-	var of string
-	bs := int64(512)
-	quiet := false
-	for _, a := range x.Args[1:] {
-		k, v, ok := strings.Cut(a, "=")
-		if !ok {
-			return x.Errorf(1, "unrecognized operand '%s'", a)
-		}
-		switch k {
-		case "of":
-			of = v
-		case "bs", "obs":
-			n, err := parseSize(v)
-			if err != nil || n <= 0 || n > 1<<30 {
-				return x.Errorf(1, "invalid number: '%s'", v)
-			}
-			bs = n
-		case "status":
-			quiet = v == "none"
-		case "conv", "oflag", "iflag", "ibs":
-		default:
-			return x.Errorf(1, "operand '%s' is not simulated", a)
-		}
+// openFile is dd's Open on the laptop: a disk, or a file under /tmp,
+// /var/tmp or /home (a disk of FreeSpace bytes created for it; with sudo
+// but under /tmp).
+func (r *Rig) openFile(x *sim.Exec, of string) (*sim.Disk, error) {
+	if disk := x.DUT.Disk(of); disk != nil {
+		return disk, nil
 	}
-	if of == "" {
-		return x.Errorf(1, "simulated: dd of=PATH")
+	if !writable(of) || !x.Sudo && !strings.HasPrefix(of, "/tmp/") {
+		return nil, fs.ErrPermission
 	}
-	disk := x.DUT.Disk(of)
-	if disk == nil {
-		if !writable(of) || !x.Sudo && !strings.HasPrefix(of, "/tmp/") {
-			return x.Errorf(1, "failed to open '%s': Permission denied", of)
-		}
-		disk = sim.NewDisk(of, r.opts.FreeSpace)
-		x.DUT.AddDisk(of, disk)
-		r.mu.Lock()
-		r.files[of] = disk
-		r.mu.Unlock()
-	}
-	start := time.Now()
-	n, err := disk.CopyTo(ctx, x.Stdin, int(bs))
-	if ctx.Err() != nil {
-		return 130
-	}
-	if err != nil {
-		reason := "Input/output error"
-		if errors.Is(err, io.ErrShortWrite) {
-			reason = "No space left on device"
-		}
-		fmt.Fprintf(x.Stderr, "dd: error writing '%s': %s\n", of, reason)
-	}
-	if !quiet {
-		secs := max(time.Since(start).Seconds(), 1e-6)
-		full, part := n/bs, 0
-		if n%bs != 0 {
-			part = 1
-		}
-		fmt.Fprintf(x.Stderr, "%d+%d records in\n%d+%d records out\n%d bytes copied, %.3f s, %.1f MB/s\n", full, part, full, part, n, secs, float64(n)/secs/1e6)
-	}
-	if err != nil {
-		return 1
-	}
-	return 0
-}
-
-// parseSize parses dd's sizes (a number with an optional K, M or G).
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	switch {
-	case strings.HasSuffix(s, "K") || strings.HasSuffix(s, "k"):
-		mult, s = 1<<10, s[:len(s)-1]
-	case strings.HasSuffix(s, "M"):
-		mult, s = 1<<20, s[:len(s)-1]
-	case strings.HasSuffix(s, "G"):
-		mult, s = 1<<30, s[:len(s)-1]
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	return n * mult, err
+	disk := sim.NewDisk(of, r.opts.FreeSpace)
+	x.DUT.AddDisk(of, disk)
+	r.mu.Lock()
+	r.files[of] = disk
+	r.mu.Unlock()
+	return disk, nil
 }
 
 // rm removes files, and files written with dd: rm [-f] [-r] [--] PATH...

@@ -2,14 +2,10 @@ package oemsim
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"slices"
-	"strings"
-	"time"
 
 	"github.com/flingerlab/flinger/drivers/sim"
-	"github.com/flingerlab/flinger/events"
 )
 
 // The connector types simulated, and the recovery each one's laptop has.
@@ -30,7 +26,8 @@ func init() {
 }
 
 // LabSettings lists the sim: keys of a lab file's entry for a simulated
-// OEM laptop (durations in seconds or as "500ms", "2s"):
+// OEM laptop (read by sim.Settings: durations in seconds or as "500ms",
+// "2s"; sizes in bytes, or such as "64M"):
 //
 //	recovery: dell                 # dell (dell-restore-system) or ubuntu (the GRUB entry);
 //	                               # default: ubuntu for hp_oemscript and lenovo_oemscript
@@ -83,84 +80,31 @@ func startLab(ctx context.Context, typ string, lo sim.LabOptions) (sim.LabDevice
 	return &labDevice{Rig: r, typ: typ}, nil
 }
 
-// applySettings reads a lab file's sim: keys into o.
+// applySettings reads a lab file's sim: keys (LabSettings) into o.
 func applySettings(o *Options, settings map[string]any) error {
-	d := events.Data(settings)
-	var unknown []string
-	for k := range settings {
-		if !slices.Contains(LabSettings, k) {
-			unknown = append(unknown, k)
-		}
-	}
-	if len(unknown) > 0 {
-		slices.Sort(unknown)
-		return fmt.Errorf("sim: unknown keys %s (known: %s)", strings.Join(unknown, ", "), strings.Join(LabSettings, ", "))
-	}
-	rec, err := d.String("recovery", o.Recovery.String())
-	if err != nil {
-		return fmt.Errorf("sim: %w", err)
-	}
-	switch rec {
+	s := sim.NewSettings(settings)
+	switch rec := s.String("recovery", o.Recovery.String()); rec {
 	case "ubuntu":
 		o.Recovery = UbuntuRecovery
 	case "dell":
 		o.Recovery = DellRecovery
 	default:
-		return fmt.Errorf("sim: recovery: %q is neither dell nor ubuntu", rec)
+		s.Invalid("recovery", "%q is neither dell nor ubuntu", rec)
 	}
-	version, err := d.String("factory_version", "22.04")
-	if err != nil {
-		return fmt.Errorf("sim: %w", err)
+	o.Factory = sim.Image{OSRelease: sim.UbuntuRelease(s.String("factory_version", "22.04"), "oem"), Size: 8 << 20}
+	o.RecoveryPassword = s.String("recovery_password", "")
+	o.RecoverySize = s.Size("recovery_size", 0)
+	o.BootTime = s.Duration("boot_time", 0)
+	o.ReinstallTime = s.Duration("reinstall_time", 0)
+	o.OEMConfigTime = s.Duration("oem_config_time", 0)
+	o.Faults = Faults{
+		NeverBoots:            s.Bool("never_boots", false),
+		RecoveryNeverFinishes: s.Bool("recovery_never_finishes", false),
+		WriteFailsAfter:       s.Size("write_fails_after", 0),
+		SlowLink:              s.Duration("slow_link", 0),
+		DropAfter:             s.Duration("drop_after", 0),
+		WrongImage:            s.Bool("wrong_image", false),
+		HostKeyChangesOnBoot:  s.Bool("host_key_changes", false),
 	}
-	o.Factory = sim.Image{OSRelease: sim.UbuntuRelease(version, "oem"), Size: 8 << 20}
-	if o.RecoveryPassword, err = d.String("recovery_password", ""); err != nil {
-		return fmt.Errorf("sim: %w", err)
-	}
-	size, err := d.Int("recovery_size", 0)
-	if err != nil {
-		return fmt.Errorf("sim: %w", err)
-	}
-	o.RecoverySize = int64(size)
-	for _, k := range []struct {
-		key string
-		dst *time.Duration
-	}{
-		{"boot_time", &o.BootTime}, {"reinstall_time", &o.ReinstallTime}, {"oem_config_time", &o.OEMConfigTime},
-		{"slow_link", &o.Faults.SlowLink}, {"drop_after", &o.Faults.DropAfter},
-	} {
-		if *k.dst, err = duration(d, k.key); err != nil {
-			return err
-		}
-	}
-	for _, k := range []struct {
-		key string
-		dst *bool
-	}{
-		{"never_boots", &o.Faults.NeverBoots}, {"recovery_never_finishes", &o.Faults.RecoveryNeverFinishes},
-		{"wrong_image", &o.Faults.WrongImage}, {"host_key_changes", &o.Faults.HostKeyChangesOnBoot},
-	} {
-		if *k.dst, err = d.Bool(k.key, false); err != nil {
-			return fmt.Errorf("sim: %w", err)
-		}
-	}
-	n, err := d.Int("write_fails_after", 0)
-	if err != nil {
-		return fmt.Errorf("sim: %w", err)
-	}
-	o.Faults.WriteFailsAfter = int64(n)
-	return nil
-}
-
-// duration reads a duration setting: seconds, or a Go duration.
-func duration(d events.Data, key string) (time.Duration, error) {
-	if s, ok := d[key].(string); ok {
-		if v, err := time.ParseDuration(s); err == nil {
-			return v, nil
-		}
-	}
-	v, err := d.Duration(key, 0)
-	if err != nil {
-		return 0, fmt.Errorf("sim: %w", err)
-	}
-	return v, nil
+	return s.Err()
 }

@@ -44,12 +44,9 @@ package oemsim
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -276,9 +273,7 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 		r.cancel()
 		return nil, fmt.Errorf("oemsim: writing the factory image to the recovery partition: %w", err)
 	}
-	if opts.Faults.WriteFailsAfter > 0 {
-		r.recovery.FailAfter(opts.Faults.WriteFailsAfter)
-	}
+	r.recovery.FailWritesAfter(opts.Faults.WriteFailsAfter)
 	dut, err := sim.StartDUT(r.ctx, r.dutOptions("", opts.Users, opts.Factory.OSRelease, r.dutFaults(false)))
 	if err != nil {
 		r.cancel()
@@ -350,9 +345,8 @@ func (r *Rig) Addr() string { return r.addr }
 
 // Port returns the port of Addr.
 func (r *Rig) Port() int {
-	_, p, _ := net.SplitHostPort(r.addr)
-	n, _ := strconv.Atoi(p)
-	return n
+	_, port := sim.SplitAddr(r.addr)
+	return port
 }
 
 // RebootScript returns the path of the power switch's script that power
@@ -402,7 +396,7 @@ func (r *Rig) OSRelease() string {
 }
 
 // BootIDPath is where the laptop tells its boot identifier.
-const BootIDPath = "/proc/sys/kernel/random/boot_id"
+const BootIDPath = sim.BootIDPath
 
 // watchLocked gives dut, the new incarnation, a boot identifier, and a new
 // one each time it boots.
@@ -412,25 +406,18 @@ func (r *Rig) watchLocked(dut *sim.DUT) {
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
 	r.stopWatch = cancel
-	dut.WriteFile(BootIDPath, newBootID())
+	dut.WriteFile(BootIDPath, sim.NewBootID())
 	go func() {
 		for {
 			if dut.WaitState(ctx, sim.Booting) != nil {
 				return
 			}
-			dut.WriteFile(BootIDPath, newBootID())
+			dut.WriteFile(BootIDPath, sim.NewBootID())
 			if dut.WaitState(ctx, sim.Up) != nil {
 				return
 			}
 		}
 	}()
-}
-
-// newBootID returns a random identifier shaped as the kernel's.
-func newBootID() []byte {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return fmt.Appendf(nil, "%x-%x-%x-%x-%x\n", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 // UbiquityPurged reports whether ubiquity was purged from the current
@@ -456,11 +443,7 @@ func (r *Rig) SetFaults(f Faults) {
 	dut := r.dut
 	faults := r.dutFaults(r.reinstall%2 == 1)
 	r.mu.Unlock()
-	if f.WriteFailsAfter > 0 {
-		r.recovery.FailAfter(f.WriteFailsAfter)
-	} else {
-		r.recovery.FailAfter(-1)
-	}
+	r.recovery.FailWritesAfter(f.WriteFailsAfter)
 	dut.SetFaults(faults)
 }
 
