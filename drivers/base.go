@@ -5,12 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/flingerlab/flinger/drivers/controlhost"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/firmware"
 	"github.com/flingerlab/flinger/drivers/sshkeys"
 	"github.com/flingerlab/flinger/drivers/sshx"
@@ -99,7 +98,7 @@ func (b Base) controlHostHooks(run *Run) (*controlhost.Hooks, error) {
 		SetupProvisioningData: b.Hooks.SetupProvisioningData,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("device %s: %w", printable(dev.Name), err)
+		return nil, fmt.Errorf("device %s: %w", display.Printable(dev.Name), err)
 	}
 	log := run.Logger().With("device", dev.Name, "control_host", s.Host)
 	return controlhost.New(s, run.Dir, run.Env, outOf(run), log), nil
@@ -223,7 +222,7 @@ func UpdateFirmware(ctx context.Context, run *Run) error {
 	}
 	opts, err := firmware.ParseOptions(dev.Raw)
 	if err != nil {
-		return fmt.Errorf("device %s: %w", printable(dev.Name), err)
+		return fmt.Errorf("device %s: %w", display.Printable(dev.Name), err)
 	}
 	log := run.Logger().With("device", dev.Name)
 	cfg, err := dev.SSHSettings().DeviceConfig(dev, run.Job, log)
@@ -258,7 +257,7 @@ func (Base) Allocate(ctx context.Context, run *Run) (map[string]any, error) {
 		return nil, errors.New("allocate: no device configuration")
 	}
 	info, _ := run.Device.DeviceInfo()["device_info"].(map[string]any)
-	fmt.Fprintf(outOf(run), "Device %s allocated\n", printable(run.Device.Name))
+	fmt.Fprintf(outOf(run), "Device %s allocated\n", display.Printable(run.Device.Name))
 	return info, nil
 }
 
@@ -324,7 +323,7 @@ func InstallReserveKeys(ctx context.Context, run *Run) error {
 	dev := run.Device
 	timeout, err := dev.Raw.Duration("reserve_ssh_timeout", DefaultReserveSSHTimeout)
 	if err != nil {
-		return fmt.Errorf("reserve: device %s: %w", printable(dev.Name), err)
+		return fmt.Errorf("reserve: device %s: %w", display.Printable(dev.Name), err)
 	}
 	if timeout <= 0 {
 		timeout = DefaultReserveSSHTimeout
@@ -349,7 +348,7 @@ func InstallReserveKeys(ctx context.Context, run *Run) error {
 		lines = append(lines, got...)
 	}
 
-	fmt.Fprintf(out, "Installing %d ssh keys for %s@%s\n", len(lines), printable(cfg.User), cfg.Addr)
+	fmt.Fprintf(out, "Installing %d ssh keys for %s@%s\n", len(lines), display.Printable(cfg.User), cfg.Addr)
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, err := sshx.WaitForSSH(wctx, cfg, dev.Name, reserveSSHInterval)
@@ -358,7 +357,7 @@ func InstallReserveKeys(ctx context.Context, run *Run) error {
 			return fmt.Errorf("reserve: %w", err)
 		}
 		return fmt.Errorf("reserve: installing the ssh keys: device %s did not accept a login as %s within %s: %w",
-			printable(dev.Name), printable(cfg.User), timeout, err)
+			display.Printable(dev.Name), display.Printable(cfg.User), timeout, err)
 	}
 	defer c.Close()
 	var opts []sshx.InstallOption
@@ -367,7 +366,7 @@ func InstallReserveKeys(ctx context.Context, run *Run) error {
 	}
 	added, err := sshx.InstallAuthorizedKeys(ctx, c, lines, opts...)
 	if err != nil {
-		return fmt.Errorf("reserve: installing the ssh keys on %s: %w", printable(dev.Name), err)
+		return fmt.Errorf("reserve: installing the ssh keys on %s: %w", display.Printable(dev.Name), err)
 	}
 	fmt.Fprintf(out, "Installed %d ssh keys (%d already present)\n", added, len(lines)-added)
 	return nil
@@ -415,15 +414,15 @@ func ReservationNotice(run *Run, keysNote string) string {
 
 	var b strings.Builder
 	b.WriteString("*** TESTFLINGER SYSTEM RESERVED ***\n")
-	fmt.Fprintf(&b, "You can now connect to %s@%s\n", printable(user), printable(ip))
-	fmt.Fprintf(&b, "  ssh %s%s@%s\n", port, printable(user), printable(ip))
+	fmt.Fprintf(&b, "You can now connect to %s@%s\n", display.Printable(user), display.Printable(ip))
+	fmt.Fprintf(&b, "  ssh %s%s@%s\n", port, display.Printable(user), display.Printable(ip))
 	if dev.SerialHost != "" && dev.SerialPort != 0 {
-		fmt.Fprintf(&b, "Serial access is available via: telnet %s %d\n", printable(dev.SerialHost), dev.SerialPort)
+		fmt.Fprintf(&b, "Serial access is available via: telnet %s %d\n", display.Printable(dev.SerialHost), dev.SerialPort)
 	}
 	if len(keys) > 0 {
 		quoted := make([]string, len(keys))
 		for i, k := range keys {
-			quoted[i] = printable(k)
+			quoted[i] = display.Printable(k)
 		}
 		fmt.Fprintf(&b, "SSH keys for this reservation: %s\n", strings.Join(quoted, ", "))
 		if keysNote != "" {
@@ -433,7 +432,7 @@ func ReservationNotice(run *Run, keysNote string) string {
 	fmt.Fprintf(&b, "Current time:           [%s]\n", now.Format(time.RFC3339))
 	fmt.Fprintf(&b, "Reservation expires at: [%s]\n", now.Add(timeout).Format(time.RFC3339))
 	fmt.Fprintf(&b, "Reservation will automatically timeout in %d seconds\n", int(timeout/time.Second))
-	fmt.Fprintf(&b, "To end the reservation sooner use: flinger cancel %s\n", printable(jobID))
+	fmt.Fprintf(&b, "To end the reservation sooner use: flinger cancel %s\n", display.Printable(jobID))
 	return b.String()
 }
 
@@ -443,13 +442,4 @@ func (Base) Cleanup(ctx context.Context, run *Run) error {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	return nil
-}
-
-// printable returns s, quoted when it holds control characters (a newline
-// in a job value must not forge a line of output).
-func printable(s string) string {
-	if strings.IndexFunc(s, unicode.IsControl) >= 0 {
-		return strconv.Quote(s)
-	}
-	return s
 }

@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/sshkeys"
 	"github.com/flingerlab/flinger/drivers/sshx"
 	"github.com/flingerlab/flinger/events"
@@ -138,7 +139,7 @@ func (s *SSHSettings) Policy() sshx.HostKeyPolicy {
 // (default 22). A device without device_ip is an error.
 func (c *DeviceConfig) DeviceAddr() (string, error) {
 	if c.DeviceIP == "" {
-		return "", fmt.Errorf("device %s: device_ip is not configured", printable(c.Name))
+		return "", fmt.Errorf("device %s: device_ip is not configured", display.Printable(c.Name))
 	}
 	port := c.SSHPort
 	if port == 0 {
@@ -320,15 +321,15 @@ const DefaultControlUser = "ubuntu"
 // A device without control_host is an error naming the key.
 func (s *SSHSettings) ControlHostConfig(dev *DeviceConfig, log *slog.Logger) (sshx.Config, string, error) {
 	if dev.ControlHost == "" {
-		return sshx.Config{}, "", fmt.Errorf("device %s: control_host is not configured", printable(dev.Name))
+		return sshx.Config{}, "", fmt.Errorf("device %s: control_host is not configured", display.Printable(dev.Name))
 	}
 	addr := dev.ControlHost
 	port, err := dev.Raw.Int("control_port", 0)
 	if err != nil {
-		return sshx.Config{}, "", fmt.Errorf("device %s: %w", printable(dev.Name), err)
+		return sshx.Config{}, "", fmt.Errorf("device %s: %w", display.Printable(dev.Name), err)
 	}
 	if port < 0 || port > 65535 {
-		return sshx.Config{}, "", fmt.Errorf("device %s: control_port: %d out of range (1-65535)", printable(dev.Name), port)
+		return sshx.Config{}, "", fmt.Errorf("device %s: control_port: %d out of range (1-65535)", display.Printable(dev.Name), port)
 	}
 	if port > 0 {
 		host := addr

@@ -98,16 +98,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
-	"path"
-	"strings"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/devconf"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/flash"
 	"github.com/flingerlab/flinger/drivers/image"
+	"github.com/flingerlab/flinger/drivers/localcmd"
+	"github.com/flingerlab/flinger/drivers/osrelease"
+	"github.com/flingerlab/flinger/drivers/remote"
 	"github.com/flingerlab/flinger/drivers/sshx"
-	"github.com/flingerlab/flinger/events"
 )
 
 // Type is the connector type of this driver, as in Testflinger.
@@ -150,7 +151,7 @@ var _ drivers.Driver = (*Driver)(nil)
 
 type options struct {
 	testDevice, mountPoint string
-	reset                  script
+	reset                  localcmd.Script
 	bootTimeout            time.Duration
 	bootInterval           time.Duration
 	usbTimeout             time.Duration
@@ -176,34 +177,25 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 		errs = append(errs, errors.New("reboot_script: required (the commands that hard-reset the CM3)"))
 	}
 	var o options
-	for _, k := range []struct {
-		key string
-		def time.Duration
-		dst *time.Duration
-	}{
-		{"boot_timeout", DefaultBootTimeout, &o.bootTimeout},
-		{"boot_check_interval", DefaultBootCheckInterval, &o.bootInterval},
-		{"usb_timeout", DefaultUSBTimeout, &o.usbTimeout},
-		{"control_timeout", DefaultControlTimeout, &o.controlTimeout},
-		{"write_timeout", DefaultWriteTimeout, &o.writeTimeout},
-	} {
-		v, err := durationKey(cfg.Raw, k.key, k.def)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		*k.dst = v
-	}
-	scriptTimeout, err := durationKey(cfg.Raw, "reboot_script_timeout", DefaultRebootScriptTimeout)
-	if err != nil {
+	var scriptTimeout time.Duration
+	if err := devconf.Durations(cfg.Raw, MaxDuration,
+		devconf.DurationKey{Key: "boot_timeout", Default: DefaultBootTimeout, Dst: &o.bootTimeout},
+		devconf.DurationKey{Key: "boot_check_interval", Default: DefaultBootCheckInterval, Dst: &o.bootInterval},
+		devconf.DurationKey{Key: "usb_timeout", Default: DefaultUSBTimeout, Dst: &o.usbTimeout},
+		devconf.DurationKey{Key: "control_timeout", Default: DefaultControlTimeout, Dst: &o.controlTimeout},
+		devconf.DurationKey{Key: "write_timeout", Default: DefaultWriteTimeout, Dst: &o.writeTimeout},
+		devconf.DurationKey{Key: "reboot_script_timeout", Default: DefaultRebootScriptTimeout, Dst: &scriptTimeout},
+	); err != nil {
 		errs = append(errs, err)
 	}
-	if o.reset, err = parseScript("reboot_script", cfg.RebootScript, scriptTimeout); err != nil {
+	var err error
+	if o.reset, err = localcmd.New("reboot_script", cfg.RebootScript, scriptTimeout); err != nil {
 		errs = append(errs, err)
 	}
-	if o.testDevice, err = pathKey(cfg.Raw, "test_device", DefaultTestDevice); err != nil {
+	if o.testDevice, err = devconf.RemotePath(cfg.Raw, "test_device", DefaultTestDevice); err != nil {
 		errs = append(errs, err)
 	}
-	if o.mountPoint, err = pathKey(cfg.Raw, "mount_point", DefaultMountPoint); err != nil {
+	if o.mountPoint, err = devconf.RemotePath(cfg.Raw, "mount_point", DefaultMountPoint); err != nil {
 		errs = append(errs, err)
 	} else if o.mountPoint == "/" {
 		errs = append(errs, errors.New("mount_point: must not be /"))
@@ -216,81 +208,9 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("cm3 device %s: %w", quote(cfg.Name), err)
+		return nil, fmt.Errorf("cm3 device %s: %w", display.Printable(cfg.Name), err)
 	}
 	return &Driver{cfg: cfg, opts: o}, nil
-}
-
-// durationKey reads a duration key: whole seconds, a Go duration ("500ms",
-// "1m30s") or a Flinger duration ("2h30m"), more than 0 and at most
-// MaxDuration.
-func durationKey(d events.Data, key string, def time.Duration) (time.Duration, error) {
-	var v time.Duration
-	var err error
-	if s, ok := d[key].(string); ok {
-		if v, err = time.ParseDuration(s); err != nil {
-			v, err = d.Duration(key, def)
-		}
-	} else {
-		v, err = d.Duration(key, def)
-	}
-	if err != nil {
-		return def, err
-	}
-	if v <= 0 || v > MaxDuration {
-		return def, fmt.Errorf("%s: %s out of range (more than 0s, at most %s)", key, v, MaxDuration)
-	}
-	return v, nil
-}
-
-// pathKey reads a key holding an absolute path on a remote host.
-func pathKey(d events.Data, key, def string) (string, error) {
-	p, err := d.String(key, def)
-	if err != nil {
-		return def, err
-	}
-	if p == "" {
-		return def, nil
-	}
-	if !path.IsAbs(p) || path.Clean(p) != p || strings.ContainsFunc(p, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return def, fmt.Errorf("%s: %q must be a clean absolute path without spaces", key, p)
-	}
-	return p, nil
-}
-
-// source reads the image to write from provision_data: url (http or
-// https) and an optional sha256.
-func source(job *events.Job) (image.Source, error) {
-	var pd events.Data
-	if job != nil {
-		pd = job.ProvisionData
-	}
-	u, err := pd.String("url", "")
-	if err != nil {
-		return image.Source{}, fmt.Errorf("provision_data.%w", err)
-	}
-	if u == "" {
-		return image.Source{}, errors.New("provision_data.url is required: the URL of the image to write to the CM3")
-	}
-	parsed, err := url.Parse(u)
-	if err != nil {
-		return image.Source{}, fmt.Errorf("provision_data.url: not a valid URL: %w", err)
-	}
-	if (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" {
-		return image.Source{}, fmt.Errorf("provision_data.url: %s is not an http or https URL", quote(u))
-	}
-	sum, err := pd.String("sha256", "")
-	if err != nil {
-		return image.Source{}, fmt.Errorf("provision_data.%w", err)
-	}
-	return image.Source{URL: u, SHA256: sum}, nil
-}
-
-func out(run *drivers.Run) io.Writer {
-	if run.Out == nil {
-		return io.Discard
-	}
-	return run.Out
 }
 
 // provision is one run of Provision.
@@ -300,7 +220,7 @@ type provision struct {
 	dev  *drivers.DeviceConfig
 	w    io.Writer
 	log  *slog.Logger
-	side *remote
+	side *remote.Host
 	src  image.Source
 }
 
@@ -314,7 +234,7 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	if dev == nil {
 		dev = d.cfg
 	}
-	src, err := source(run.Job)
+	src, err := drivers.ImageSource(run.Job, "provision_data.url is required: the URL of the image to write to the CM3")
 	if err != nil {
 		return &drivers.ProvisioningError{Err: err}
 	}
@@ -333,13 +253,13 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	}
 	cfg.DialTimeout = min(checkTimeout, d.opts.controlTimeout)
 	p := &provision{
-		d: d, run: run, dev: dev, w: out(run), log: log, src: src,
-		side: &remote{
-			cfg: cfg, name: keyName, what: fmt.Sprintf("the sidecar %s@%s", quote(cfg.User), quote(cfg.Addr)),
-			timeout: d.opts.controlTimeout, log: log,
+		d: d, run: run, dev: dev, w: run.Output(), log: log, src: src,
+		side: &remote.Host{
+			Config: cfg, Name: keyName, What: fmt.Sprintf("the sidecar %s@%s", display.Printable(cfg.User), display.Printable(cfg.Addr)),
+			Timeout: d.opts.controlTimeout, RetryFor: d.opts.controlTimeout, Log: log,
 		},
 	}
-	defer p.side.close()
+	defer p.side.Close()
 	start := time.Now()
 	err = p.do(ctx)
 	if ctx.Err() != nil {
@@ -359,20 +279,20 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 // do runs the steps of Provision.
 func (p *provision) do(ctx context.Context) error {
 	o := p.d.opts
-	fmt.Fprintf(p.w, "Connecting to %s\n", p.side.what)
-	if _, err := p.side.connect(ctx); err != nil {
+	fmt.Fprintf(p.w, "Connecting to %s\n", p.side.What)
+	if _, err := p.side.Connect(ctx); err != nil {
 		return p.hardware("connecting to the sidecar", err)
 	}
-	if _, err := p.side.run(ctx, []string{"test", "-f", o.testDevice}, nil); err == nil {
+	if _, err := p.side.Run(ctx, []string{"test", "-f", o.testDevice}, remote.RunOptions{}); err == nil {
 		fmt.Fprintf(p.w, "Removing %s on the sidecar: it is a regular file, not the CM3's eMMC\n", o.testDevice)
-		if _, err := p.side.run(ctx, []string{"sudo", "rm", "-f", o.testDevice}, nil); err != nil {
+		if _, err := p.side.Run(ctx, []string{"sudo", "rm", "-f", o.testDevice}, remote.RunOptions{}); err != nil {
 			return p.hardware("removing the regular file at "+o.testDevice, err)
 		}
-	} else if !isExit(err) {
+	} else if !remote.IsExit(err) {
 		return p.hardware("checking "+o.testDevice, err)
 	}
 	fmt.Fprintln(p.w, "Selecting USB-boot mode (GPIO 16 high)")
-	if _, err := p.side.run(ctx, []string{"sudo", "pi3gpio", "set", "high", "16"}, nil); err != nil {
+	if _, err := p.side.Run(ctx, []string{"sudo", "pi3gpio", "set", "high", "16"}, remote.RunOptions{}); err != nil {
 		return p.hardware("setting GPIO 16 high", err)
 	}
 	if err := p.hardReset(ctx); err != nil {
@@ -387,38 +307,37 @@ func (p *provision) do(ctx context.Context) error {
 	if err := p.dev.SSHSettings().Policy().Reset(p.dev.Name); err != nil {
 		return &drivers.ProvisioningError{Err: fmt.Errorf("forgetting the host key of the image replaced: %w", err)}
 	}
-	if _, err := p.side.run(ctx, []string{"sudo", "sync"}, nil); err != nil {
+	if _, err := p.side.Run(ctx, []string{"sudo", "sync"}, remote.RunOptions{}); err != nil {
 		return p.hardware("sync after writing the image", err)
 	}
-	if _, err := p.side.run(ctx, []string{"sudo", "hdparm", "-z", o.testDevice}, nil); err != nil {
-		if !isExit(err) {
+	if _, err := p.side.Run(ctx, []string{"sudo", "hdparm", "-z", o.testDevice}, remote.RunOptions{}); err != nil {
+		if !remote.IsExit(err) {
 			return p.hardware("re-reading the partition table", err)
 		}
 		fmt.Fprintf(p.w, "Warning: could not re-read the partition table of %s: %v\n", o.testDevice, err)
 	}
 	res, err := p.seed(ctx)
 	if err != nil {
-		var ue *unreachableError
-		if errors.As(err, &ue) || ctx.Err() != nil {
+		if remote.IsUnreachable(err) || ctx.Err() != nil {
 			return p.hardware("creating the test user", err)
 		}
 		return &drivers.ProvisioningError{Err: fmt.Errorf("creating the test user on the image: %w", err)}
 	}
-	if _, err := p.side.run(ctx, []string{"sudo", "sync"}, nil); err != nil {
+	if _, err := p.side.Run(ctx, []string{"sudo", "sync"}, remote.RunOptions{}); err != nil {
 		return p.hardware("sync after creating the test user", err)
 	}
-	if _, err := p.side.run(ctx, []string{"sudo", "udisksctl", "power-off", "-b", o.testDevice}, nil); err != nil {
-		if !isExit(err) {
+	if _, err := p.side.Run(ctx, []string{"sudo", "udisksctl", "power-off", "-b", o.testDevice}, remote.RunOptions{}); err != nil {
+		if !remote.IsExit(err) {
 			return p.hardware("powering off the eMMC on the sidecar", err)
 		}
 		// The reset below takes the eMMC away from the sidecar anyway.
 		fmt.Fprintf(p.w, "Warning: could not power off %s on the sidecar: %v\n", o.testDevice, err)
 	}
 	fmt.Fprintln(p.w, "Selecting eMMC boot (GPIO 16 low)")
-	if _, err := p.side.run(ctx, []string{"sudo", "pi3gpio", "set", "low", "16"}, nil); err != nil {
+	if _, err := p.side.Run(ctx, []string{"sudo", "pi3gpio", "set", "low", "16"}, remote.RunOptions{}); err != nil {
 		return p.hardware("setting GPIO 16 low", err)
 	}
-	p.side.close()
+	p.side.Close()
 	if err := p.hardReset(ctx); err != nil {
 		return err
 	}
@@ -426,12 +345,12 @@ func (p *provision) do(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if res.osRelease != "" && booted != "" && !sameRelease(res.osRelease, booted) {
+	if res.osRelease != "" && booted != "" && !osrelease.Same(res.osRelease, booted) {
 		return drivers.Recovery("the CM3 booted %s, not the image written (%s): it does not boot its eMMC",
-			quote(releaseName(booted)), quote(releaseName(res.osRelease)))
+			display.Printable(osrelease.PrettyName(booted)), display.Printable(osrelease.PrettyName(res.osRelease)))
 	}
-	if name := releaseName(booted); name != "" {
-		fmt.Fprintf(p.w, "The CM3 is up, running %s\n", quote(name))
+	if name := osrelease.PrettyName(booted); name != "" {
+		fmt.Fprintf(p.w, "The CM3 is up, running %s\n", display.Printable(name))
 	} else {
 		fmt.Fprintln(p.w, "The CM3 is up")
 	}
@@ -448,8 +367,8 @@ func (p *provision) hardware(what string, err error) error {
 // recovery failure.
 func (p *provision) hardReset(ctx context.Context) error {
 	fmt.Fprintln(p.w, "Resetting the CM3")
-	err := p.d.opts.reset.run(ctx, p.run, p.w)
-	var se *scriptError
+	err := localcmd.Runner{Dir: p.run.Dir, Env: p.run.Env, Out: p.w}.Run(ctx, p.d.opts.reset)
+	var se *localcmd.Error
 	if errors.As(err, &se) {
 		return drivers.Recovery("hard reset: %w", err)
 	}
@@ -465,7 +384,7 @@ func (p *provision) waitTestDevice(ctx context.Context) error {
 	t := time.NewTicker(usbPollInterval)
 	defer t.Stop()
 	for {
-		_, err := p.side.run(wctx, []string{"test", "-b", o.testDevice}, nil)
+		_, err := p.side.Run(wctx, []string{"test", "-b", o.testDevice}, remote.RunOptions{})
 		switch {
 		case err == nil:
 			return nil
@@ -473,7 +392,7 @@ func (p *provision) waitTestDevice(ctx context.Context) error {
 			return err
 		case wctx.Err() != nil:
 			return drivers.Recovery("the CM3's eMMC did not appear as %s on the sidecar within %s of the reset in USB-boot mode", o.testDevice, o.usbTimeout)
-		case !isExit(err):
+		case !remote.IsExit(err):
 			return p.hardware("waiting for the eMMC", err)
 		}
 		select {
@@ -486,46 +405,23 @@ func (p *provision) waitTestDevice(ctx context.Context) error {
 // write streams the image into the eMMC.
 func (p *provision) write(ctx context.Context) error {
 	o := p.d.opts
-	c, err := p.side.connect(ctx)
-	if err != nil {
+	_, err := p.side.WriteImage(ctx, remote.ImageWrite{
+		Source: p.src,
+		Flash: flash.Options{
+			Device:     o.testDevice,
+			Sudo:       true,
+			Decompress: o.decompress,
+			Cache:      p.run.Images,
+			Progress:   p.run.ReportProgress,
+			Out:        p.w,
+			Log:        p.log,
+		},
+		Timeout: o.writeTimeout, TimeoutKey: "write_timeout",
+	})
+	if remote.IsUnreachable(err) {
 		return p.hardware("connecting to the sidecar", err)
 	}
-	fmt.Fprintf(p.w, "Writing %s to %s on the sidecar\n", quote(p.src.String()), o.testDevice)
-	wctx, cancel := context.WithTimeout(ctx, o.writeTimeout)
-	defer cancel()
-	res, err := flash.Write(wctx, c, p.src, flash.Options{
-		Device:     o.testDevice,
-		Sudo:       true,
-		Decompress: o.decompress,
-		Cache:      p.run.Images,
-		Progress:   p.run.ReportProgress,
-		Out:        p.w,
-		Log:        p.log,
-	})
-	if err != nil {
-		var we *flash.WriteError
-		var ie *image.Error
-		if !errors.As(err, &we) && !errors.As(err, &ie) {
-			// The link broke, or the write was cut short: never reuse it.
-			p.side.drop()
-		}
-		switch {
-		case ctx.Err() != nil:
-			return fmt.Errorf("writing the image: %w", err)
-		case wctx.Err() != nil:
-			return &drivers.ProvisioningError{Err: fmt.Errorf("writing the image to %s did not finish within %s (write_timeout)", o.testDevice, o.writeTimeout)}
-		case we == nil && ie == nil:
-			return &drivers.ProvisioningError{Err: fmt.Errorf("the connection to the sidecar broke while writing the image to %s: %w", o.testDevice, err)}
-		}
-		// The image's or dd's error, which names the image or the device.
-		return &drivers.ProvisioningError{Err: err}
-	}
-	cached := ""
-	if res.FromCache {
-		cached = ", from the image cache"
-	}
-	fmt.Fprintf(p.w, "Wrote %s (%s%s) in %s\n", humanBytes(res.BytesOut), res.Format, cached, res.Elapsed.Round(time.Millisecond))
-	return nil
+	return err
 }
 
 // waitBoot waits for the CM3 to accept a login as the test user and
@@ -537,7 +433,7 @@ func (p *provision) waitBoot(ctx context.Context) (string, error) {
 		return "", &drivers.ProvisioningError{Err: err}
 	}
 	cfg.DialTimeout = min(checkTimeout, o.bootTimeout)
-	who := fmt.Sprintf("%s@%s", quote(cfg.User), cfg.Addr)
+	who := fmt.Sprintf("%s@%s", display.Printable(cfg.User), cfg.Addr)
 	fmt.Fprintf(p.w, "Waiting up to %s for the CM3 to boot and accept a login as %s\n", o.bootTimeout, who)
 	wctx, cancel := context.WithTimeout(ctx, o.bootTimeout)
 	defer cancel()
@@ -546,7 +442,7 @@ func (p *provision) waitBoot(ctx context.Context) (string, error) {
 	case err == nil:
 	case ctx.Err() != nil:
 		return "", err
-	case isHostKeyError(err):
+	case sshx.IsHostKeyError(err):
 		return "", &drivers.ProvisioningError{Err: fmt.Errorf("the CM3 changed its host key while booting the new image: %w", err)}
 	case errors.Is(err, sshx.ErrAuth):
 		return "", &drivers.ProvisioningError{Err: fmt.Errorf("the CM3 booted but refuses the login as %s (was the test user created?): %w", who, err)}
@@ -557,29 +453,15 @@ func (p *provision) waitBoot(ctx context.Context) (string, error) {
 		return "", &drivers.ProvisioningError{Err: fmt.Errorf("the image was written, but the CM3 did not boot it within %s (boot_timeout; is it a bootable image for a CM3?): %w", o.bootTimeout, err)}
 	}
 	defer c.Close()
-	var osr limitedBuffer
 	rctx, rcancel := context.WithTimeout(ctx, checkTimeout)
 	defer rcancel()
-	if _, err := c.Run(rctx, []string{"cat", "/etc/os-release"}, &osr, nil); err != nil {
+	osr, err := remote.Output(rctx, c, []string{"cat", "/etc/os-release"})
+	if err != nil {
 		if ctx.Err() != nil {
 			return "", fmt.Errorf("reading the booted image's os-release: %w", ctx.Err())
 		}
 		p.log.Warn("cm3: cannot read the booted image's os-release", "err", err)
 		return "", nil
 	}
-	return osr.String(), nil
-}
-
-// humanBytes prints a byte count for an operator: 3.2 GiB.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d bytes", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	return osr, nil
 }

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
-	"slices"
 	"strings"
+
+	"github.com/flingerlab/flinger/drivers/cloudinit"
+	"github.com/flingerlab/flinger/drivers/remote"
 )
 
 // Image types, as Testflinger's cm3 connector names them.
@@ -24,40 +26,6 @@ var imageMarkers = []struct{ entry, kind string }{
 	{"system-data", kindCore},
 	{"snaps", kindCore20},
 }
-
-// The cloud-init NoCloud seed that gives the image the user ubuntu with
-// the password ubuntu and password logins over SSH, as Testflinger's
-// connectors write it (meta-data names instance-id, which cloud-init
-// reads; Testflinger writes instance_id).
-const (
-	seedMetaData = "instance-id: cloud-image\n"
-	seedUserData = `#cloud-config
-password: ubuntu
-chpasswd:
-  list:
-    - ubuntu:ubuntu
-  expire: false
-ssh_pwauth: true
-`
-	// seedCore20 is the cloud-init configuration of Ubuntu Core 20 and
-	// later, which read no seed directory before first boot: the same
-	// user-data and meta-data, inline.
-	seedCore20 = `#cloud-config
-datasource_list: [ NoCloud, None ]
-datasource:
-  NoCloud:
-    user-data: |
-      #cloud-config
-      password: ubuntu
-      chpasswd:
-        list:
-          - ubuntu:ubuntu
-        expire: false
-      ssh_pwauth: true
-    meta-data: |
-      instance-id: cloud-image
-`
-)
 
 // fakeCloudConfigs are the files of Ubuntu's classic Raspberry Pi images
 // that keep cloud-init from reading the seed (Testflinger removes
@@ -119,16 +87,16 @@ type seedFile struct {
 func seedFiles(kind string) []seedFile {
 	switch kind {
 	case kindCore20:
-		return []seedFile{{"data/etc/cloud/cloud.cfg.d/99_nocloud.cfg", seedCore20}}
+		return []seedFile{{"data/etc/cloud/cloud.cfg.d/99_nocloud.cfg", cloudinit.Core20Config}}
 	case kindCore:
 		return []seedFile{
-			{"system-data/var/lib/cloud/seed/nocloud-net/meta-data", seedMetaData},
-			{"system-data/var/lib/cloud/seed/nocloud-net/user-data", seedUserData},
+			{path.Join("system-data", cloudinit.SeedDir, "meta-data"), cloudinit.MetaData},
+			{path.Join("system-data", cloudinit.SeedDir, "user-data"), cloudinit.UserData},
 		}
 	}
 	return []seedFile{
-		{"var/lib/cloud/seed/nocloud-net/meta-data", seedMetaData},
-		{"var/lib/cloud/seed/nocloud-net/user-data", seedUserData},
+		{path.Join(cloudinit.SeedDir, "meta-data"), cloudinit.MetaData},
+		{path.Join(cloudinit.SeedDir, "user-data"), cloudinit.UserData},
 	}
 }
 
@@ -147,10 +115,10 @@ type seedResult struct {
 func (p *provision) seed(ctx context.Context) (seedResult, error) {
 	mnt := p.d.opts.mountPoint
 	// A mount left behind by an interrupted run would make every mount fail.
-	if _, err := p.side.run(ctx, []string{"sudo", "umount", mnt}, nil); err != nil && !isExit(err) {
+	if _, err := p.side.Run(ctx, []string{"sudo", "umount", mnt}, remote.RunOptions{}); err != nil && !remote.IsExit(err) {
 		return seedResult{}, err
 	}
-	out, err := p.side.run(ctx, []string{"lsblk", "-J", p.d.opts.testDevice}, nil)
+	out, err := p.side.Run(ctx, []string{"lsblk", "-J", p.d.opts.testDevice}, remote.RunOptions{})
 	if err != nil {
 		return seedResult{}, fmt.Errorf("listing the partitions of %s: %w", p.d.opts.testDevice, err)
 	}
@@ -164,14 +132,14 @@ func (p *provision) seed(ctx context.Context) (seedResult, error) {
 	res := seedResult{kind: kindUnknown, partition: parts[len(parts)-1]}
 	found := false
 	for _, node := range parts {
-		if _, err := p.side.run(ctx, []string{"sudo", "mount", node, mnt}, nil); err != nil {
-			if !isExit(err) {
+		if _, err := p.side.Run(ctx, []string{"sudo", "mount", node, mnt}, remote.RunOptions{}); err != nil {
+			if !remote.IsExit(err) {
 				return seedResult{}, err
 			}
 			p.log.Info("cm3: partition not mountable; trying the next", "partition", node, "err", err)
 			continue
 		}
-		ls, err := p.side.run(ctx, []string{"ls", mnt}, nil)
+		ls, err := p.side.Run(ctx, []string{"ls", mnt}, remote.RunOptions{})
 		if err == nil {
 			if k := kindOf(ls); k != "" {
 				res.kind, res.partition, found = k, node, true
@@ -181,13 +149,13 @@ func (p *provision) seed(ctx context.Context) (seedResult, error) {
 		if uerr := p.umount(ctx); uerr != nil {
 			return seedResult{}, uerr
 		}
-		if err != nil && !isExit(err) {
+		if err != nil && !remote.IsExit(err) {
 			return seedResult{}, err
 		}
 	}
 	if !found {
 		fmt.Fprintf(p.w, "Could not tell the image type; writing the cloud-init seed to %s\n", res.partition)
-		if _, err := p.side.run(ctx, []string{"sudo", "mount", res.partition, mnt}, nil); err != nil {
+		if _, err := p.side.Run(ctx, []string{"sudo", "mount", res.partition, mnt}, remote.RunOptions{}); err != nil {
 			return seedResult{}, fmt.Errorf("mounting %s: %w", res.partition, err)
 		}
 	}
@@ -204,12 +172,8 @@ func (p *provision) seed(ctx context.Context) (seedResult, error) {
 // keep cloud-init from reading the seed.
 func (p *provision) writeSeed(ctx context.Context, mnt string, res *seedResult) error {
 	for _, f := range seedFiles(res.kind) {
-		full := path.Join(mnt, f.path)
-		if _, err := p.side.run(ctx, []string{"sudo", "mkdir", "-p", path.Dir(full)}, nil); err != nil {
+		if err := p.side.WriteFile(ctx, path.Join(mnt, f.path), []byte(f.content), 0); err != nil {
 			return fmt.Errorf("creating the user files: %w", err)
-		}
-		if _, err := p.side.run(ctx, []string{"sudo", "tee", full}, []byte(f.content)); err != nil {
-			return fmt.Errorf("creating the user files: writing %s: %w", full, err)
 		}
 	}
 	if res.kind != kindUbuntu {
@@ -219,14 +183,14 @@ func (p *provision) writeSeed(ctx context.Context, mnt string, res *seedResult) 
 	for _, f := range fakeCloudConfigs {
 		rm = append(rm, path.Join(mnt, f))
 	}
-	if _, err := p.side.run(ctx, rm, nil); err != nil {
+	if _, err := p.side.Run(ctx, rm, remote.RunOptions{}); err != nil {
 		return fmt.Errorf("creating the user files: %w", err)
 	}
-	osr, err := p.side.run(ctx, []string{"cat", path.Join(mnt, "etc/os-release")}, nil)
+	osr, err := p.side.Run(ctx, []string{"cat", path.Join(mnt, "etc/os-release")}, remote.RunOptions{})
 	switch {
 	case err == nil:
 		res.osRelease = osr
-	case !isExit(err):
+	case !remote.IsExit(err):
 		return err
 	}
 	return nil
@@ -234,33 +198,8 @@ func (p *provision) writeSeed(ctx context.Context, mnt string, res *seedResult) 
 
 // umount unmounts the mount point.
 func (p *provision) umount(ctx context.Context) error {
-	if _, err := p.side.run(ctx, []string{"sudo", "umount", p.d.opts.mountPoint}, nil); err != nil {
+	if _, err := p.side.Run(ctx, []string{"sudo", "umount", p.d.opts.mountPoint}, remote.RunOptions{}); err != nil {
 		return fmt.Errorf("unmounting %s: %w", p.d.opts.mountPoint, err)
 	}
 	return nil
-}
-
-// releaseName returns the PRETTY_NAME of an os-release, or "" when it has none.
-func releaseName(osRelease string) string {
-	for line := range strings.Lines(osRelease) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "PRETTY_NAME="); ok {
-			return strings.Trim(v, `"'`)
-		}
-	}
-	return ""
-}
-
-// sameRelease reports whether two os-release files describe the same
-// system (the same lines, ignoring blank ones and surrounding space).
-func sameRelease(a, b string) bool {
-	norm := func(s string) []string {
-		var out []string
-		for line := range strings.Lines(s) {
-			if l := strings.TrimSpace(line); l != "" {
-				out = append(out, l)
-			}
-		}
-		return out
-	}
-	return slices.Equal(norm(a), norm(b))
 }

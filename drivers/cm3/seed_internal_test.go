@@ -56,29 +56,3 @@ func TestSeedFiles(t *testing.T) {
 		}
 	}
 }
-
-func TestReleases(t *testing.T) {
-	t.Parallel()
-	a := "PRETTY_NAME=\"Ubuntu 24.04 LTS\"\nID=ubuntu\n"
-	if !sameRelease(a, "\n  PRETTY_NAME=\"Ubuntu 24.04 LTS\"\nID=ubuntu  \n\n") {
-		t.Error("sameRelease ignores blank lines and surrounding space")
-	}
-	if sameRelease(a, "PRETTY_NAME=\"Ubuntu 22.04 LTS\"\nID=ubuntu\n") {
-		t.Error("different releases are the same")
-	}
-	if got := releaseName(a); got != "Ubuntu 24.04 LTS" {
-		t.Errorf("releaseName = %q", got)
-	}
-	if got := releaseName("ID=debian\n"); got != "" {
-		t.Errorf("releaseName without PRETTY_NAME = %q", got)
-	}
-}
-
-func TestHumanBytes(t *testing.T) {
-	t.Parallel()
-	for n, want := range map[int64]string{512: "512 bytes", 1 << 20: "1.0 MiB", 3<<30 + 1<<29: "3.5 GiB"} {
-		if got := humanBytes(n); got != want {
-			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
-		}
-	}
-}

@@ -3,22 +3,11 @@ package cm3_test
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
-	"net"
-	"net/http"
-	"net/http/httptest"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/flingerlab/flinger/drivers"
 	"github.com/flingerlab/flinger/drivers/cm3"
@@ -39,86 +28,18 @@ var (
 	initial = sim.Image{OSRelease: sim.UbuntuRelease("22.04", "jammy"), Kind: "ubuntu", Size: 64 << 10, Seed: 1}
 )
 
-// server serves compressed images by path and counts the requests.
-type server struct {
-	*httptest.Server
-	files    map[string][]byte
-	requests atomic.Int64
-}
-
-func compress(t testing.TB, format string, b []byte) []byte {
+// startServer serves the images the tests write, compressed, by path.
+func startServer(t testing.TB) *drivertest.ImageServer {
 	t.Helper()
-	var buf bytes.Buffer
-	switch format {
-	case "zst":
-		w, err := zstd.NewWriter(&buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.Write(b); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
-	case "xz":
-		w, err := xz.NewWriter(&buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.Write(b); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
-	default:
-		return b
-	}
-	return buf.Bytes()
-}
-
-func startServer(t testing.TB) *server {
-	t.Helper()
-	corrupt := compress(t, "zst", noble.Bytes())
-	s := &server{files: map[string][]byte{
-		"/noble.img.zst":   compress(t, "zst", noble.Bytes()),
-		"/core18.img.xz":   compress(t, "xz", core18.Bytes()),
-		"/core22.img.zst":  compress(t, "zst", core22.Bytes()),
-		"/big.img.zst":     compress(t, "zst", big.Bytes()),
+	corrupt := drivertest.Compress(t, "zst", noble.Bytes())
+	return drivertest.StartImageServer(t, map[string][]byte{
+		"/noble.img.zst":   drivertest.Compress(t, "zst", noble.Bytes()),
+		"/core18.img.xz":   drivertest.Compress(t, "xz", core18.Bytes()),
+		"/core22.img.zst":  drivertest.Compress(t, "zst", core22.Bytes()),
+		"/big.img.zst":     drivertest.Compress(t, "zst", big.Bytes()),
 		"/corrupt.img.zst": corrupt[:len(corrupt)/2],
 		"/notadisk.img":    bytes.Repeat([]byte("not a disk image\n"), 4096),
-	}}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.requests.Add(1)
-		name, slow := strings.CutPrefix(r.URL.Path, "/slow")
-		b, ok := s.files[name]
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		if !slow {
-			http.ServeContent(w, r, r.URL.Path, time.Time{}, bytes.NewReader(b))
-			return
-		}
-		// A slow mirror: 8 KiB every 10 ms.
-		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-		for len(b) > 0 {
-			n := min(len(b), 8<<10)
-			if _, err := w.Write(b[:n]); err != nil {
-				return
-			}
-			w.(http.Flusher).Flush()
-			b = b[n:]
-			select {
-			case <-r.Context().Done():
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}))
-	t.Cleanup(s.Close)
-	return s
+	})
 }
 
 // fast are timings that keep the tests short.
@@ -160,35 +81,13 @@ func rig(t *testing.T, o cm3sim.Options, extra events.Data) (*cm3sim.Rig, *drive
 		ControlHost: raw["control_host"].(string), ControlUser: raw["control_user"].(string),
 		RebootScript: raw["reboot_script"].([]string),
 		Raw:          raw,
-		SSH:          &drivers.SSHSettings{HostKeys: drivers.HostKeysTOFU, HostKeyDir: t.TempDir()},
+		SSH:          drivertest.TOFU(t),
 	}
 	return r, cfg
 }
 
 func job(url string) *events.Job {
 	return &events.Job{JobID: "j-cm3", JobQueue: "cm3", ProvisionData: events.Data{"url": url}, TestData: &events.TestData{}}
-}
-
-// record makes the device's host key policy hold key for name, as if
-// it had been seen before.
-func record(t *testing.T, cfg *drivers.DeviceConfig, name, addr string, key ssh.PublicKey) {
-	t.Helper()
-	if err := cfg.SSH.Policy().Callback(name)(addr, &net.TCPAddr{}, key); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func randomKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 func TestConformance(t *testing.T) {
@@ -205,22 +104,14 @@ func TestConformance(t *testing.T) {
 func TestScenarios(t *testing.T) {
 	srv := startServer(t)
 	// The rig of each device configuration a scenario set up.
-	var mu sync.Mutex
-	found := map[*drivers.DeviceConfig]*cm3sim.Rig{}
-	lookup := func(cfg *drivers.DeviceConfig) *cm3sim.Rig {
-		mu.Lock()
-		defer mu.Unlock()
-		return found[cfg]
-	}
+	var rigs drivertest.Rigs[*cm3sim.Rig]
 	device := func(o cm3sim.Options, extra events.Data, prepare ...func(*testing.T, *cm3sim.Rig, *drivers.DeviceConfig)) func(t *testing.T) *drivers.DeviceConfig {
 		return func(t *testing.T) *drivers.DeviceConfig {
 			r, cfg := rig(t, o, extra)
 			for _, p := range prepare {
 				p(t, r, cfg)
 			}
-			mu.Lock()
-			found[cfg] = r
-			mu.Unlock()
+			rigs.Add(t, cfg, r)
 			return cfg
 		}
 	}
@@ -231,7 +122,7 @@ func TestScenarios(t *testing.T) {
 	// seed where the image type wants it.
 	booted := func(im sim.Image, part int, seed string) func(*testing.T, *drivers.DeviceConfig, string, error) {
 		return func(t *testing.T, cfg *drivers.DeviceConfig, _ string, _ error) {
-			r := lookup(cfg)
+			r := rigs.Of(t, cfg)
 			if last := r.Last(); !last.Complete || last.SHA256 != im.SHA256() {
 				t.Errorf("eMMC: %d bytes, complete %v, sha256 %s; want the image (%s)", last.Bytes, last.Complete, last.SHA256, im.SHA256())
 			}
@@ -255,13 +146,13 @@ func TestScenarios(t *testing.T) {
 		}
 	}
 	notBooted := func(t *testing.T, cfg *drivers.DeviceConfig, _ string, _ error) {
-		r := lookup(cfg)
+		r := rigs.Of(t, cfg)
 		if _, err := sim.Bootable(r.Last()); err == nil {
 			t.Errorf("the eMMC holds a bootable image after a failed write")
 		}
 	}
 	untouched := func(t *testing.T, cfg *drivers.DeviceConfig, _ string, _ error) {
-		r := lookup(cfg)
+		r := rigs.Of(t, cfg)
 		if r.EMMC.Writes() != 0 || r.GPIO() || r.Resets() != 0 {
 			t.Errorf("the rig was touched: %d writes, GPIO high %v, %d resets", r.EMMC.Writes(), r.GPIO(), r.Resets())
 		}
@@ -282,7 +173,7 @@ func TestScenarios(t *testing.T) {
 			Job: url("/noble.img.zst"), Want: drivertest.Succeeds, Check: booted(noble, 2, classicSeed)},
 		{Name: "new image new host key", Want: drivertest.Succeeds, Job: url("/noble.img.zst"), Check: booted(noble, 2, classicSeed),
 			Setup: device(cm3sim.Options{Faults: cm3sim.Faults{HostKeyChangesOnBoot: true}}, nil, func(t *testing.T, r *cm3sim.Rig, cfg *drivers.DeviceConfig) {
-				record(t, cfg, cfg.Name, r.Addr(), r.CM3.HostKey())
+				drivertest.RecordHostKey(t, cfg, cfg.Name, r.Addr(), r.CM3.HostKey())
 			})},
 		{Name: "404", Setup: device(cm3sim.Options{}, nil), Job: url("/missing.img.zst"), Want: drivertest.ProvisioningFails, Output: "404"},
 		{Name: "corrupt image", Setup: device(cm3sim.Options{}, nil), Job: url("/corrupt.img.zst"), Want: drivertest.ProvisioningFails,
@@ -305,7 +196,7 @@ func TestScenarios(t *testing.T) {
 			Job: url("/noble.img.zst"), Want: drivertest.RecoveryFails, Output: "did not appear"},
 		{Name: "sidecar host key changed", Job: url("/noble.img.zst"), Want: drivertest.RecoveryFails, Output: "host key", Check: untouched,
 			Setup: device(cm3sim.Options{}, nil, func(t *testing.T, r *cm3sim.Rig, cfg *drivers.DeviceConfig) {
-				record(t, cfg, cfg.Name+"-control", r.Sidecar.Addr(), randomKey(t))
+				drivertest.RecordHostKey(t, cfg, cfg.Name+"-control", r.Sidecar.Addr(), drivertest.RandomHostKey(t))
 			})},
 		{Name: "sidecar unreachable", Job: url("/noble.img.zst"), Want: drivertest.RecoveryFails, Output: "cannot reach the sidecar", Check: untouched,
 			Setup: device(cm3sim.Options{}, events.Data{"control_timeout": "1s"}, func(t *testing.T, r *cm3sim.Rig, _ *drivers.DeviceConfig) {
@@ -412,7 +303,7 @@ func TestProvisionSharesTheImageCache(t *testing.T) {
 			t.Errorf("device %d: no progress reported", i)
 		}
 	}
-	if n := srv.requests.Load(); n != 1 {
+	if n := srv.Requests(); n != 1 {
 		t.Errorf("the server got %d requests for one image, want 1", n)
 	}
 }
@@ -440,7 +331,7 @@ func TestLabDevice(t *testing.T) {
 		Name: "lab-cm3", Type: cm3.Type, DeviceIP: raw["device_ip"].(string), SSHPort: raw["ssh_port"].(int),
 		ControlHost: raw["control_host"].(string), ControlUser: raw["control_user"].(string),
 		RebootScript: raw["reboot_script"].([]string), Raw: raw,
-		SSH: &drivers.SSHSettings{HostKeys: drivers.HostKeysTOFU, HostKeyDir: t.TempDir()},
+		SSH: drivertest.TOFU(t),
 	}
 	d, err := drivers.New(cfg)
 	if err != nil {

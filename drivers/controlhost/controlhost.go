@@ -87,6 +87,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flingerlab/flinger/drivers/devconf"
 	"github.com/flingerlab/flinger/events"
 )
 
@@ -206,7 +207,7 @@ func ParseSettings(controlHost string, raw events.Data, def Defaults) (Settings,
 		{"poweroff_script", &s.PowerOffScript},
 		{"poweron_script", &s.PowerOnScript},
 	} {
-		*k.dst, err = Script(raw, k.key)
+		*k.dst, err = devconf.Commands(raw, k.key)
 		add(err)
 	}
 
@@ -221,85 +222,18 @@ func ParseSettings(controlHost string, raw events.Data, def Defaults) (Settings,
 		}
 	}
 
-	for _, k := range []struct {
-		key  string
-		def  time.Duration
-		dst  *time.Duration
-		zero bool
-	}{
-		{"control_host_offline_timeout", DefaultOfflineTimeout, &s.OfflineTimeout, true},
-		{"control_host_shutdown_wait", DefaultShutdownWait, &s.ShutdownWait, true},
-		{"control_host_online_timeout", DefaultOnlineTimeout, &s.OnlineTimeout, false},
-		{"control_host_script_timeout", DefaultScriptTimeout, &s.ScriptTimeout, false},
-		{"control_host_check_interval", DefaultCheckInterval, &s.CheckInterval, false},
-		{"control_host_request_timeout", DefaultRequestTimeout, &s.RequestTimeout, false},
-	} {
-		v, err := Duration(raw, k.key, k.def)
-		if err != nil {
-			add(err)
-			continue
-		}
-		if v < 0 || (v == 0 && !k.zero) || v > MaxDuration {
-			lowest := "more than 0s"
-			if k.zero {
-				lowest = "0s"
-			}
-			add(fmt.Errorf("%s: %s out of range (%s to %s)", k.key, v, lowest, MaxDuration))
-			continue
-		}
-		*k.dst = v
-	}
+	add(devconf.Durations(raw, MaxDuration,
+		devconf.DurationKey{Key: "control_host_offline_timeout", Default: DefaultOfflineTimeout, Dst: &s.OfflineTimeout, ZeroOK: true},
+		devconf.DurationKey{Key: "control_host_shutdown_wait", Default: DefaultShutdownWait, Dst: &s.ShutdownWait, ZeroOK: true},
+		devconf.DurationKey{Key: "control_host_online_timeout", Default: DefaultOnlineTimeout, Dst: &s.OnlineTimeout},
+		devconf.DurationKey{Key: "control_host_script_timeout", Default: DefaultScriptTimeout, Dst: &s.ScriptTimeout},
+		devconf.DurationKey{Key: "control_host_check_interval", Default: DefaultCheckInterval, Dst: &s.CheckInterval},
+		devconf.DurationKey{Key: "control_host_request_timeout", Default: DefaultRequestTimeout, Dst: &s.RequestTimeout},
+	))
 	if len(errs) > 0 {
 		return Settings{}, errors.Join(errs...)
 	}
 	return s, nil
-}
-
-// Duration reads a duration key: whole seconds, a Go duration ("500ms",
-// "1m30s") or a Flinger duration ("2h30m", "1d").
-func Duration(d events.Data, key string, def time.Duration) (time.Duration, error) {
-	if s, ok := d[key].(string); ok {
-		if v, err := time.ParseDuration(s); err == nil {
-			return v, nil
-		}
-	}
-	return d.Duration(key, def)
-}
-
-// Script reads a script key: a list of commands, or one command as a
-// string, each split on white space (as Testflinger's cmd.split()). An
-// absent key is no commands; an empty command is an error.
-func Script(d events.Data, key string) ([][]string, error) {
-	v, ok := d[key]
-	if !ok || v == nil {
-		return nil, nil
-	}
-	var cmds []string
-	switch x := v.(type) {
-	case string:
-		cmds = []string{x}
-	case []string:
-		cmds = x
-	case []any:
-		for i, e := range x {
-			s, ok := e.(string)
-			if !ok {
-				return nil, fmt.Errorf("%s[%d]: must be a string (a command), got %s", key, i, events.TypeName(e))
-			}
-			cmds = append(cmds, s)
-		}
-	default:
-		return nil, fmt.Errorf("%s: must be a list of commands, got %s", key, events.TypeName(v))
-	}
-	out := make([][]string, 0, len(cmds))
-	for i, c := range cmds {
-		argv := strings.Fields(c)
-		if len(argv) == 0 {
-			return nil, fmt.Errorf("%s[%d]: empty command", key, i)
-		}
-		out = append(out, argv)
-	}
-	return out, nil
 }
 
 // NotBackError reports that the control host did not come back within

@@ -9,36 +9,16 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers/controlhost"
+	"github.com/flingerlab/flinger/drivers/drivertest"
 	"github.com/flingerlab/flinger/drivers/sim"
 	"github.com/flingerlab/flinger/drivers/sim/controlhostsim"
 	"github.com/flingerlab/flinger/events"
 )
-
-// output is a buffer safe for concurrent use.
-type output struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func newOutput() *output { return &output{} }
-
-func (o *output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
 
 func TestParseSettings(t *testing.T) {
 	t.Parallel()
@@ -223,13 +203,13 @@ func newRig(t *testing.T, opts controlhostsim.Options, failReboot bool) *rig {
 	return &rig{ch: ch, sw: sw, raw: raw}
 }
 
-func (r *rig) hooks(t *testing.T, def controlhost.Defaults, env ...string) (*controlhost.Hooks, *output) {
+func (r *rig) hooks(t *testing.T, def controlhost.Defaults, env ...string) (*controlhost.Hooks, *drivertest.Output) {
 	t.Helper()
 	s, err := controlhost.ParseSettings("127.0.0.1", r.raw, def)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := newOutput()
+	out := &drivertest.Output{}
 	return controlhost.New(s, t.TempDir(), append([]string{"PATH=/usr/bin:/bin"}, env...), out, nil), out
 }
 

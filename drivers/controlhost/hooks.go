@@ -2,21 +2,15 @@ package controlhost
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os/exec"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/flingerlab/flinger/drivers/localcmd"
 	"github.com/flingerlab/flinger/drivers/sshx"
 )
-
-// waitDelay is how long a script command's output may stay open after it
-// was killed or has exited (a child holding it).
-const waitDelay = 5 * time.Second
 
 // Hooks runs the hooks of one phase of one device.
 type Hooks struct {
@@ -267,27 +261,18 @@ func (h *Hooks) waitFor(ctx context.Context, timeout time.Duration, wantUp bool,
 // package documentation). A failing command is reported and the next one
 // runs; only the end of ctx stops it, with an error.
 func (h *Hooks) runScript(ctx context.Context, name string, script [][]string) error {
-	for i, argv := range script {
-		h.printf("Running %s[%d]: %s", name, i, printable(strings.Join(argv, " ")))
-		cctx, cancel := context.WithTimeout(ctx, h.Settings.ScriptTimeout)
-		cmd := exec.CommandContext(cctx, argv[0], argv[1:]...)
-		cmd.Dir = h.Dir
-		cmd.Env = h.Env
-		cmd.Stdout, cmd.Stderr = h.out(), h.out()
-		cmd.WaitDelay = waitDelay
-		err := cmd.Run()
-		timedOut := errors.Is(cctx.Err(), context.DeadlineExceeded)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return fmt.Errorf("control host: %s[%d]: %w", name, i, ctx.Err())
-		case timedOut:
-			h.printf("%s[%d] timed out after %s (continuing)", name, i, h.Settings.ScriptTimeout)
-			h.logger().Warn("controlhost: script command timed out", "script", name, "index", i, "timeout", h.Settings.ScriptTimeout)
-		case err != nil:
-			h.printf("%s[%d] failed: %v (continuing)", name, i, err)
-			h.logger().Warn("controlhost: script command failed", "script", name, "index", i, "err", err)
+	s := localcmd.Script{Key: name, Cmds: script, Timeout: h.Settings.ScriptTimeout}
+	err := localcmd.Runner{Dir: h.Dir, Env: h.Env, Out: h.out()}.RunEach(ctx, s, func(e *localcmd.Error) {
+		if e.Timeout > 0 {
+			h.printf("%s[%d] timed out after %s (continuing)", name, e.Index, e.Timeout)
+			h.logger().Warn("controlhost: script command timed out", "script", name, "index", e.Index, "timeout", e.Timeout)
+			return
 		}
+		h.printf("%s[%d] failed: %v (continuing)", name, e.Index, e.Err)
+		h.logger().Warn("controlhost: script command failed", "script", name, "index", e.Index, "err", e.Err)
+	})
+	if err != nil {
+		return fmt.Errorf("control host: %w", err)
 	}
 	return nil
 }
@@ -314,13 +299,4 @@ func envSet(env []string, key string) bool {
 		}
 	}
 	return val != ""
-}
-
-// printable quotes s when it holds control characters, so that a
-// configured value cannot forge lines of output.
-func printable(s string) string {
-	if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return strconv.Quote(s)
-	}
-	return s
 }

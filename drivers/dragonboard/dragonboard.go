@@ -104,16 +104,21 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
+	"os"
 	"path"
 	"strings"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/cloudinit"
+	"github.com/flingerlab/flinger/drivers/devconf"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/flash"
 	"github.com/flingerlab/flinger/drivers/image"
+	"github.com/flingerlab/flinger/drivers/localcmd"
+	"github.com/flingerlab/flinger/drivers/osrelease"
+	"github.com/flingerlab/flinger/drivers/remote"
 	"github.com/flingerlab/flinger/drivers/sshx"
-	"github.com/flingerlab/flinger/events"
 )
 
 // Type is the connector type of this driver, as in Testflinger.
@@ -145,9 +150,6 @@ const checkTimeout = 30 * time.Second
 // cleanupTimeout bounds the wipe after a failure.
 const cleanupTimeout = 60 * time.Second
 
-// sudoers gives the test user sudo without a password.
-const sudoers = "ubuntu ALL=(ALL) NOPASSWD:ALL\n"
-
 func init() {
 	drivers.Register(Type, New)
 }
@@ -164,7 +166,7 @@ var _ drivers.Driver = (*Driver)(nil)
 type options struct {
 	testDevice, writable, mountPoint string
 	masterUser, masterPassword       string
-	reset, selectMaster, selectTest  script
+	reset, selectMaster, selectTest  localcmd.Script
 	masterBootTimeout, bootTimeout   time.Duration
 	bootInterval, controlTimeout     time.Duration
 	writeTimeout                     time.Duration
@@ -188,30 +190,22 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 	if _, err := cfg.DeviceAddr(); err != nil {
 		add(errors.New("device_ip: required (the board's address, in either image)"))
 	}
-	for _, k := range []struct {
-		key string
-		def time.Duration
-		dst *time.Duration
-	}{
-		{"master_boot_timeout", DefaultMasterBootTimeout, &o.masterBootTimeout},
-		{"boot_timeout", DefaultBootTimeout, &o.bootTimeout},
-		{"boot_check_interval", DefaultBootCheckInterval, &o.bootInterval},
-		{"control_timeout", DefaultControlTimeout, &o.controlTimeout},
-		{"write_timeout", DefaultWriteTimeout, &o.writeTimeout},
-	} {
-		v, err := durationKey(cfg.Raw, k.key, k.def)
-		add(err)
-		*k.dst = v
-	}
-	rebootTimeout, err := durationKey(cfg.Raw, "reboot_script_timeout", DefaultRebootScriptTimeout)
-	add(err)
-	selectTimeout, err := durationKey(cfg.Raw, "select_script_timeout", DefaultSelectScriptTimeout)
-	add(err)
+	var rebootTimeout, selectTimeout time.Duration
+	add(devconf.Durations(cfg.Raw, MaxDuration,
+		devconf.DurationKey{Key: "master_boot_timeout", Default: DefaultMasterBootTimeout, Dst: &o.masterBootTimeout},
+		devconf.DurationKey{Key: "boot_timeout", Default: DefaultBootTimeout, Dst: &o.bootTimeout},
+		devconf.DurationKey{Key: "boot_check_interval", Default: DefaultBootCheckInterval, Dst: &o.bootInterval},
+		devconf.DurationKey{Key: "control_timeout", Default: DefaultControlTimeout, Dst: &o.controlTimeout},
+		devconf.DurationKey{Key: "write_timeout", Default: DefaultWriteTimeout, Dst: &o.writeTimeout},
+		devconf.DurationKey{Key: "reboot_script_timeout", Default: DefaultRebootScriptTimeout, Dst: &rebootTimeout},
+		devconf.DurationKey{Key: "select_script_timeout", Default: DefaultSelectScriptTimeout, Dst: &selectTimeout},
+	))
+	var err error
 	for _, s := range []struct {
 		key     string
 		cmds    []string
 		timeout time.Duration
-		dst     *script
+		dst     *localcmd.Script
 	}{
 		{"reboot_script", cfg.RebootScript, rebootTimeout, &o.reset},
 		{"select_master_script", nil, selectTimeout, &o.selectMaster},
@@ -219,7 +213,7 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 	} {
 		cmds := s.cmds
 		if cmds == nil {
-			if cmds, err = stringsKey(cfg.Raw, s.key); err != nil {
+			if cmds, err = devconf.Strings(cfg.Raw, s.key); err != nil {
 				add(err)
 				continue
 			}
@@ -228,18 +222,18 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 			add(fmt.Errorf("%s: required", s.key))
 			continue
 		}
-		*s.dst, err = parseScript(s.key, cmds, s.timeout)
+		*s.dst, err = localcmd.New(s.key, cmds, s.timeout)
 		add(err)
 	}
-	if o.testDevice, err = pathKey(cfg.Raw, "test_device", ""); err == nil && o.testDevice == "" {
+	if o.testDevice, err = devconf.RemotePath(cfg.Raw, "test_device", ""); err == nil && o.testDevice == "" {
 		err = errors.New("test_device: required (the card's device node on the master image)")
 	}
 	add(err)
-	if o.writable, err = pathKey(cfg.Raw, "snappy_writable_partition", ""); err == nil && o.writable == "" {
+	if o.writable, err = devconf.RemotePath(cfg.Raw, "snappy_writable_partition", ""); err == nil && o.writable == "" {
 		err = errors.New("snappy_writable_partition: required (the partition of test_device that gets the test user)")
 	}
 	add(err)
-	if o.mountPoint, err = pathKey(cfg.Raw, "mount_point", DefaultMountPoint); err == nil && o.mountPoint == "/" {
+	if o.mountPoint, err = devconf.RemotePath(cfg.Raw, "mount_point", DefaultMountPoint); err == nil && o.mountPoint == "/" {
 		err = errors.New("mount_point: must not be /")
 	}
 	add(err)
@@ -256,105 +250,9 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 	}
 	add(err)
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("dragonboard device %s: %w", quote(cfg.Name), err)
+		return nil, fmt.Errorf("dragonboard device %s: %w", display.Printable(cfg.Name), err)
 	}
 	return &Driver{cfg: cfg, opts: o}, nil
-}
-
-// stringsKey reads a key holding a list of strings (or one string).
-func stringsKey(d events.Data, key string) ([]string, error) {
-	switch v := d[key].(type) {
-	case nil:
-		return nil, nil
-	case string:
-		return []string{v}, nil
-	case []string:
-		return v, nil
-	case []any:
-		out := make([]string, len(v))
-		for i, e := range v {
-			s, ok := e.(string)
-			if !ok {
-				return nil, fmt.Errorf("%s[%d]: must be a string, got %s", key, i, events.TypeName(e))
-			}
-			out[i] = s
-		}
-		return out, nil
-	default:
-		return nil, fmt.Errorf("%s: must be a list of commands, got %s", key, events.TypeName(v))
-	}
-}
-
-// durationKey reads a duration key: whole seconds, a Go duration ("500ms",
-// "1m30s") or a Flinger duration ("2h30m"), more than 0 and at most
-// MaxDuration.
-func durationKey(d events.Data, key string, def time.Duration) (time.Duration, error) {
-	var v time.Duration
-	var err error
-	if s, ok := d[key].(string); ok {
-		if v, err = time.ParseDuration(s); err != nil {
-			v, err = d.Duration(key, def)
-		}
-	} else {
-		v, err = d.Duration(key, def)
-	}
-	if err != nil {
-		return def, err
-	}
-	if v <= 0 || v > MaxDuration {
-		return def, fmt.Errorf("%s: %s out of range (more than 0s, at most %s)", key, v, MaxDuration)
-	}
-	return v, nil
-}
-
-// pathKey reads a key holding an absolute path on the master image.
-func pathKey(d events.Data, key, def string) (string, error) {
-	p, err := d.String(key, def)
-	if err != nil {
-		return def, err
-	}
-	if p == "" {
-		return def, nil
-	}
-	if !path.IsAbs(p) || path.Clean(p) != p || strings.ContainsFunc(p, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return def, fmt.Errorf("%s: %q must be a clean absolute path without spaces", key, p)
-	}
-	return p, nil
-}
-
-// source reads the image to write from provision_data: url (http or
-// https) and an optional sha256.
-func source(job *events.Job) (image.Source, error) {
-	var pd events.Data
-	if job != nil {
-		pd = job.ProvisionData
-	}
-	u, err := pd.String("url", "")
-	if err != nil {
-		return image.Source{}, fmt.Errorf("provision_data.%w", err)
-	}
-	if u == "" {
-		return image.Source{}, errors.New("provision_data.url is required: the URL of the image to write to the board")
-	}
-	parsed, err := url.Parse(u)
-	if err != nil {
-		return image.Source{}, fmt.Errorf("provision_data.url: not a valid URL: %w", err)
-	}
-	if (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" {
-		return image.Source{}, fmt.Errorf("provision_data.url: %s is not an http or https URL", quote(u))
-	}
-	sum, err := pd.String("sha256", "")
-	if err != nil {
-		return image.Source{}, fmt.Errorf("provision_data.%w", err)
-	}
-	return image.Source{URL: u, SHA256: sum}, nil
-}
-
-func out(run *drivers.Run) io.Writer {
-	if run.Out == nil {
-		return io.Discard
-	}
-	return run.Out
 }
 
 // provision is one run of Provision.
@@ -364,7 +262,7 @@ type provision struct {
 	dev    *drivers.DeviceConfig
 	w      io.Writer
 	log    *slog.Logger
-	master *remote
+	master *remote.Host
 	keys   *confirmingPolicy
 	src    image.Source
 }
@@ -379,7 +277,7 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	if dev == nil {
 		dev = d.cfg
 	}
-	src, err := source(run.Job)
+	src, err := drivers.ImageSource(run.Job, "provision_data.url is required: the URL of the image to write to the board")
 	if err != nil {
 		return &drivers.ProvisioningError{Err: err}
 	}
@@ -406,13 +304,13 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 		cfg.KeyFiles = []string{settings.KeyFile}
 	}
 	p := &provision{
-		d: d, run: run, dev: dev, w: out(run), log: log, src: src, keys: keys,
-		master: &remote{
-			cfg: cfg, name: dev.Name + "-master", what: fmt.Sprintf("the master image %s@%s", quote(cfg.User), addr),
-			timeout: d.opts.controlTimeout, log: log,
+		d: d, run: run, dev: dev, w: run.Output(), log: log, src: src, keys: keys,
+		master: &remote.Host{
+			Config: cfg, Name: dev.Name + "-master", What: fmt.Sprintf("the master image %s@%s", display.Printable(cfg.User), addr),
+			Timeout: d.opts.controlTimeout, RetryFor: d.opts.controlTimeout, Log: log,
 		},
 	}
-	defer p.master.close()
+	defer p.master.Close()
 	start := time.Now()
 	err = p.do(ctx)
 	if ctx.Err() != nil {
@@ -447,27 +345,27 @@ func (p *provision) do(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintln(p.w, "Rebooting into the test image")
-	if err := p.master.runOnce(ctx, []string{"sudo", "reboot"}); err != nil {
+	if _, err := p.master.Run(ctx, []string{"sudo", "reboot"}, remote.RunOptions{Once: true}); err != nil {
 		if ctx.Err() != nil {
 			return err
 		}
 		fmt.Fprintf(p.w, "The master image did not reboot (%v); resetting the board\n", err)
-		p.master.close()
+		p.master.Close()
 		if err := p.script(ctx, p.d.opts.reset); err != nil {
 			return err
 		}
 	}
-	p.master.close()
+	p.master.Close()
 	booted, err := p.waitTest(ctx)
 	if err != nil {
 		return err
 	}
-	if res.osRelease != "" && booted != "" && !sameRelease(res.osRelease, booted) {
+	if res.osRelease != "" && booted != "" && !osrelease.Same(res.osRelease, booted) {
 		return drivers.Recovery("the board booted %s, not the image written (%s): it does not boot test_device",
-			quote(releaseName(booted)), quote(releaseName(res.osRelease)))
+			display.Printable(osrelease.PrettyName(booted)), display.Printable(osrelease.PrettyName(res.osRelease)))
 	}
-	if name := releaseName(booted); name != "" {
-		fmt.Fprintf(p.w, "The test image is up, running %s\n", quote(name))
+	if name := osrelease.PrettyName(booted); name != "" {
+		fmt.Fprintf(p.w, "The test image is up, running %s\n", display.Printable(name))
 	} else {
 		fmt.Fprintln(p.w, "The test image is up")
 	}
@@ -476,9 +374,9 @@ func (p *provision) do(ctx context.Context) error {
 
 // script runs a local script (reboot_script, select_*_script); a command
 // that fails or times out is a recovery failure.
-func (p *provision) script(ctx context.Context, s script) error {
-	err := s.run(ctx, p.run, p.w)
-	var se *scriptError
+func (p *provision) script(ctx context.Context, s localcmd.Script) error {
+	err := localcmd.Runner{Dir: p.run.Dir, Env: p.run.Env, Out: p.w}.Run(ctx, s)
+	var se *localcmd.Error
 	if errors.As(err, &se) {
 		return drivers.Recovery("%w", err)
 	}
@@ -488,21 +386,17 @@ func (p *provision) script(ctx context.Context, s script) error {
 // ensureMaster makes sure the board runs its master image.
 func (p *provision) ensureMaster(ctx context.Context) error {
 	o := p.d.opts
-	fmt.Fprintf(p.w, "Checking whether the board runs its master image (%s)\n", p.master.what)
-	probe := *p.master
-	probe.timeout = min(checkTimeout, o.masterBootTimeout)
-	err := p.probeMaster(ctx, &probe)
+	fmt.Fprintf(p.w, "Checking whether the board runs its master image (%s)\n", p.master.What)
+	err := p.probeMaster(ctx)
 	if err == nil {
-		p.master.c, probe.c = probe.c, nil
 		fmt.Fprintln(p.w, "The master image is up")
 		return nil
 	}
-	probe.close()
 	if ctx.Err() != nil {
 		return err
 	}
 	why := err.Error()
-	if isHostKeyError(err) {
+	if sshx.IsHostKeyError(err) {
 		// Expected while the test image runs: both answer at one address.
 		why = "the host key presented is not the master image's"
 	}
@@ -519,12 +413,9 @@ func (p *provision) ensureMaster(ctx context.Context) error {
 	b := sshx.Backoff{Initial: o.bootInterval, Max: o.bootInterval, Multiplier: 1, Jitter: 0.1}
 	var last error // the last failure not cut short by the deadline
 	err = sshx.Retry(wctx, b, func(ctx context.Context) error {
-		try := *p.master
-		try.timeout = min(checkTimeout, o.masterBootTimeout)
-		err := p.probeMaster(ctx, &try)
+		err := p.probeMaster(ctx)
 		if err != nil {
-			try.close()
-			if isHostKeyError(err) {
+			if sshx.IsHostKeyError(err) {
 				return sshx.Permanent(err)
 			}
 			if ctx.Err() == nil {
@@ -532,7 +423,6 @@ func (p *provision) ensureMaster(ctx context.Context) error {
 			}
 			return err
 		}
-		p.master.c = try.c
 		return nil
 	})
 	switch {
@@ -541,7 +431,7 @@ func (p *provision) ensureMaster(ctx context.Context) error {
 		return nil
 	case ctx.Err() != nil:
 		return err
-	case isHostKeyError(err):
+	case sshx.IsHostKeyError(err):
 		return drivers.Recovery("the board does not present the master image's recorded host key: %w", err)
 	}
 	if last != nil {
@@ -550,30 +440,36 @@ func (p *provision) ensureMaster(ctx context.Context) error {
 	return drivers.Recovery("the master image did not come up within %s (master_boot_timeout): %w", o.masterBootTimeout, err)
 }
 
-// probeMaster connects r once (no retries) and checks /etc/issue; once
-// the master image is identified, its host key is recorded if it was not.
-func (p *provision) probeMaster(ctx context.Context, r *remote) error {
-	cctx, cancel := context.WithTimeout(ctx, r.timeout)
+// probeMaster connects to the board once (no retries) and checks
+// /etc/issue; once the master image is identified, its host key is
+// recorded if it was not, and the connection becomes p.master's.
+func (p *provision) probeMaster(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, min(checkTimeout, p.d.opts.masterBootTimeout))
 	defer cancel()
-	c, err := sshx.Dial(cctx, r.cfg, r.name)
+	c, err := sshx.Dial(cctx, p.master.Config, p.master.Name)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("checking the master image: %w", ctx.Err())
 		}
 		return err
 	}
-	r.c = c
-	var issue limitedBuffer
-	if _, err := c.Run(cctx, []string{"cat", "/etc/issue"}, &issue, nil); err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("checking the master image: %w", ctx.Err())
-		}
-		return fmt.Errorf("reading /etc/issue: %w", err)
+	issue, err := remote.Output(cctx, c, []string{"cat", "/etc/issue"})
+	switch {
+	case err != nil && ctx.Err() != nil:
+		err = fmt.Errorf("checking the master image: %w", ctx.Err())
+	case err != nil:
+		err = fmt.Errorf("reading /etc/issue: %w", err)
+	case !strings.Contains(issue, masterMarker):
+		err = fmt.Errorf("/etc/issue does not say %q: another image answers", masterMarker)
+	default:
+		err = p.keys.confirm(p.master.Name)
 	}
-	if !strings.Contains(issue.String(), masterMarker) {
-		return fmt.Errorf("/etc/issue does not say %q: another image answers", masterMarker)
+	if err != nil {
+		_ = c.Close()
+		return err
 	}
-	return p.keys.confirm(r.name)
+	p.master.Use(c)
+	return nil
 }
 
 // installed is what install found out about the image written.
@@ -590,7 +486,7 @@ func (p *provision) install(ctx context.Context) (installed, error) {
 	o := p.d.opts
 	// A partition left mounted would be written under the file system's feet.
 	for _, target := range []string{o.mountPoint, o.writable} {
-		if _, err := p.master.run(ctx, []string{"sudo", "umount", target}, nil); err != nil && !isExit(err) {
+		if _, err := p.master.Run(ctx, []string{"sudo", "umount", target}, remote.RunOptions{}); err != nil && !remote.IsExit(err) {
 			return installed{}, p.unreachable(err)
 		}
 	}
@@ -600,27 +496,27 @@ func (p *provision) install(ctx context.Context) (installed, error) {
 	if err := p.keys.Reset(p.dev.Name); err != nil {
 		return installed{}, &drivers.ProvisioningError{Err: fmt.Errorf("forgetting the host key of the image replaced: %w", err)}
 	}
-	if _, err := p.master.run(ctx, []string{"sync"}, nil); err != nil {
-		if !isExit(err) {
+	if _, err := p.master.Run(ctx, []string{"sync"}, remote.RunOptions{}); err != nil {
+		if !remote.IsExit(err) {
 			return installed{}, p.unreachable(err)
 		}
 		fmt.Fprintf(p.w, "Warning: sync failed: %v\n", err)
 	}
-	if _, err := p.master.run(ctx, []string{"sudo", "hdparm", "-z", o.testDevice}, nil); err != nil {
+	if _, err := p.master.Run(ctx, []string{"sudo", "hdparm", "-z", o.testDevice}, remote.RunOptions{}); err != nil {
 		return installed{}, p.failed("re-reading the partition table of "+o.testDevice, err)
 	}
 	fmt.Fprintf(p.w, "Creating the test user on %s\n", o.writable)
-	if _, err := p.master.run(ctx, []string{"sudo", "mount", o.writable, o.mountPoint}, nil); err != nil {
+	if _, err := p.master.Run(ctx, []string{"sudo", "mount", o.writable, o.mountPoint}, remote.RunOptions{}); err != nil {
 		return installed{}, p.failed(fmt.Sprintf("mounting the writable partition %s (check snappy_writable_partition)", o.writable), err)
 	}
 	res, err := p.seed(ctx)
-	if _, uerr := p.master.run(ctx, []string{"sudo", "umount", o.mountPoint}, nil); uerr != nil && err == nil {
+	if _, uerr := p.master.Run(ctx, []string{"sudo", "umount", o.mountPoint}, remote.RunOptions{}); uerr != nil && err == nil {
 		err = fmt.Errorf("unmounting %s: %w", o.mountPoint, uerr)
 	}
 	if err != nil {
 		return installed{}, p.failed("creating the test user", err)
 	}
-	if _, err := p.master.run(ctx, []string{"sync"}, nil); err != nil && !isExit(err) {
+	if _, err := p.master.Run(ctx, []string{"sync"}, remote.RunOptions{}); err != nil && !remote.IsExit(err) {
 		return installed{}, p.unreachable(err)
 	}
 	return res, nil
@@ -629,8 +525,7 @@ func (p *provision) install(ctx context.Context) (installed, error) {
 // failed reports a step of install as failed: a provisioning failure,
 // unless the master image became unreachable or ctx is done.
 func (p *provision) failed(what string, err error) error {
-	var ue *unreachableError
-	if errors.As(err, &ue) {
+	if remote.IsUnreachable(err) {
 		return p.unreachable(err)
 	}
 	return &drivers.ProvisioningError{Err: fmt.Errorf("%s: %w", what, err)}
@@ -647,7 +542,7 @@ func (p *provision) unreachable(err error) error {
 // partition mounted on mount_point.
 func (p *provision) seed(ctx context.Context) (installed, error) {
 	mnt := p.d.opts.mountPoint
-	ls, err := p.master.run(ctx, []string{"ls", mnt}, nil)
+	ls, err := p.master.Run(ctx, []string{"ls", mnt}, remote.RunOptions{})
 	if err != nil {
 		return installed{}, fmt.Errorf("listing %s: %w", mnt, err)
 	}
@@ -656,33 +551,25 @@ func (p *provision) seed(ctx context.Context) (installed, error) {
 		base = path.Join(mnt, "system-data")
 	}
 	files := []struct {
-		path, content, mode string
+		path, content string
+		perm          os.FileMode
 	}{
-		{"var/lib/cloud/seed/nocloud-net/meta-data", seedMetaData, ""},
-		{"var/lib/cloud/seed/nocloud-net/user-data", seedUserData, ""},
-		{"etc/sudoers.d/ubuntu", sudoers, "0440"},
+		{path.Join(cloudinit.SeedDir, "meta-data"), cloudinit.MetaData, 0},
+		{path.Join(cloudinit.SeedDir, "user-data"), cloudinit.UserData, 0},
+		{"etc/sudoers.d/ubuntu", cloudinit.Sudoers, 0o440},
 	}
 	for _, f := range files {
-		full := path.Join(base, f.path)
-		if _, err := p.master.run(ctx, []string{"sudo", "mkdir", "-p", path.Dir(full)}, nil); err != nil {
+		if err := p.master.WriteFile(ctx, path.Join(base, f.path), []byte(f.content), f.perm); err != nil {
 			return installed{}, err
-		}
-		if _, err := p.master.run(ctx, []string{"sudo", "tee", full}, []byte(f.content)); err != nil {
-			return installed{}, fmt.Errorf("writing %s: %w", full, err)
-		}
-		if f.mode != "" {
-			if _, err := p.master.run(ctx, []string{"sudo", "chmod", f.mode, full}, nil); err != nil {
-				return installed{}, err
-			}
 		}
 	}
 	var res installed
 	if base == mnt && hasEntry(ls, "etc") {
-		osr, err := p.master.run(ctx, []string{"cat", path.Join(mnt, "etc/os-release")}, nil)
+		osr, err := p.master.Run(ctx, []string{"cat", path.Join(mnt, "etc/os-release")}, remote.RunOptions{})
 		switch {
 		case err == nil:
 			res.osRelease = osr
-		case !isExit(err):
+		case !remote.IsExit(err):
 			return installed{}, err
 		}
 	}
@@ -701,46 +588,23 @@ func hasEntry(ls, name string) bool {
 // write streams the image into test_device on the master image.
 func (p *provision) write(ctx context.Context) error {
 	o := p.d.opts
-	c, err := p.master.connect(ctx)
-	if err != nil {
+	_, err := p.master.WriteImage(ctx, remote.ImageWrite{
+		Source: p.src,
+		Flash: flash.Options{
+			Device:     o.testDevice,
+			Sudo:       true,
+			Decompress: o.decompress,
+			Cache:      p.run.Images,
+			Progress:   p.run.ReportProgress,
+			Out:        p.w,
+			Log:        p.log,
+		},
+		Timeout: o.writeTimeout, TimeoutKey: "write_timeout",
+	})
+	if remote.IsUnreachable(err) {
 		return p.unreachable(err)
 	}
-	fmt.Fprintf(p.w, "Writing %s to %s on the master image\n", quote(p.src.String()), o.testDevice)
-	wctx, cancel := context.WithTimeout(ctx, o.writeTimeout)
-	defer cancel()
-	res, err := flash.Write(wctx, c, p.src, flash.Options{
-		Device:     o.testDevice,
-		Sudo:       true,
-		Decompress: o.decompress,
-		Cache:      p.run.Images,
-		Progress:   p.run.ReportProgress,
-		Out:        p.w,
-		Log:        p.log,
-	})
-	if err != nil {
-		var we *flash.WriteError
-		var ie *image.Error
-		if !errors.As(err, &we) && !errors.As(err, &ie) {
-			// The link broke, or the write was cut short: never reuse it.
-			p.master.drop()
-		}
-		switch {
-		case ctx.Err() != nil:
-			return fmt.Errorf("writing the image: %w", err)
-		case wctx.Err() != nil:
-			return &drivers.ProvisioningError{Err: fmt.Errorf("writing the image to %s did not finish within %s (write_timeout)", o.testDevice, o.writeTimeout)}
-		case we == nil && ie == nil:
-			return &drivers.ProvisioningError{Err: fmt.Errorf("the connection to the master image broke while writing the image to %s: %w", o.testDevice, err)}
-		}
-		// The image's or dd's error, which names the image or the device.
-		return &drivers.ProvisioningError{Err: err}
-	}
-	cached := ""
-	if res.FromCache {
-		cached = ", from the image cache"
-	}
-	fmt.Fprintf(p.w, "Wrote %s (%s%s) in %s\n", humanBytes(res.BytesOut), res.Format, cached, res.Elapsed.Round(time.Millisecond))
-	return nil
+	return err
 }
 
 // wipe clears test_device's partition table after a failure, so that the
@@ -750,7 +614,7 @@ func (p *provision) wipe(ctx context.Context) {
 	fmt.Fprintf(p.w, "Wiping %s so that the board does not boot a partial image\n", o.testDevice)
 	wctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
 	defer cancel()
-	if _, err := p.master.run(wctx, []string{"sudo", "sgdisk", "-o", o.testDevice}, nil); err != nil {
+	if _, err := p.master.Run(wctx, []string{"sudo", "sgdisk", "-o", o.testDevice}, remote.RunOptions{}); err != nil {
 		fmt.Fprintf(p.w, "Warning: could not wipe %s: %v\n", o.testDevice, err)
 		p.log.Warn("dragonboard: wiping the test device failed", "err", err)
 	}
@@ -767,7 +631,7 @@ func (p *provision) waitTest(ctx context.Context) (string, error) {
 	}
 	cfg.DialTimeout = min(checkTimeout, o.bootTimeout)
 	cfg.HostKeys = p.keys
-	who := fmt.Sprintf("%s@%s", quote(cfg.User), cfg.Addr)
+	who := fmt.Sprintf("%s@%s", display.Printable(cfg.User), cfg.Addr)
 	fmt.Fprintf(p.w, "Waiting up to %s for the test image to boot and accept a login as %s\n", o.bootTimeout, who)
 	wctx, cancel := context.WithTimeout(ctx, o.bootTimeout)
 	defer cancel()
@@ -779,7 +643,7 @@ func (p *provision) waitTest(ctx context.Context) (string, error) {
 		defer cancel()
 		c, err := sshx.Dial(cctx, cfg, p.dev.Name)
 		if err != nil {
-			if isHostKeyError(err) {
+			if sshx.IsHostKeyError(err) {
 				return sshx.Permanent(err)
 			}
 			if ctx.Err() == nil {
@@ -798,9 +662,8 @@ func (p *provision) waitTest(ctx context.Context) (string, error) {
 		if err := p.keys.confirm(p.dev.Name); err != nil {
 			return sshx.Permanent(err)
 		}
-		var osr limitedBuffer
-		if _, err := c.Run(cctx, []string{"cat", "/etc/os-release"}, &osr, nil); err == nil {
-			osRelease = osr.String()
+		if osr, err := remote.Output(cctx, c, []string{"cat", "/etc/os-release"}); err == nil {
+			osRelease = osr
 		}
 		return nil
 	})
@@ -809,7 +672,7 @@ func (p *provision) waitTest(ctx context.Context) (string, error) {
 		return osRelease, nil
 	case ctx.Err() != nil:
 		return "", err
-	case isHostKeyError(err):
+	case sshx.IsHostKeyError(err):
 		return "", &drivers.ProvisioningError{Err: fmt.Errorf("the test image changed its host key while booting: %w", err)}
 	}
 	if last != nil {
@@ -822,18 +685,4 @@ func (p *provision) waitTest(ctx context.Context) (string, error) {
 	// fault as far as anyone can tell, and the next provisioning starts
 	// again from the master image.
 	return "", &drivers.ProvisioningError{Err: fmt.Errorf("the image was written, but the board did not boot the test image within %s (boot_timeout; is it a bootable image for this board?): %w", o.bootTimeout, err)}
-}
-
-// humanBytes prints a byte count for an operator: 3.2 GiB.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d bytes", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -1,35 +1,19 @@
 package dragonboard
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"net"
 	"testing"
 
-	"golang.org/x/crypto/ssh"
-
+	"github.com/flingerlab/flinger/drivers/drivertest"
 	"github.com/flingerlab/flinger/drivers/sshx"
 )
-
-func newKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 func TestConfirmingPolicy(t *testing.T) {
 	t.Parallel()
 	store := sshx.TOFU(t.TempDir())
 	p := newConfirmingPolicy(store)
-	master, test := newKey(t), newKey(t)
+	master, test := drivertest.RandomHostKey(t), drivertest.RandomHostKey(t)
 	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 22}
 
 	// Nothing recorded: any key is let through, and nothing is recorded

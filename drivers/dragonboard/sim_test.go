@@ -3,22 +3,11 @@ package dragonboard_test
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
-	"net"
-	"net/http"
-	"net/http/httptest"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/flingerlab/flinger/drivers"
 	"github.com/flingerlab/flinger/drivers/dragonboard"
@@ -38,107 +27,17 @@ var (
 	initial = sim.Image{OSRelease: sim.UbuntuRelease("22.04", "jammy"), Kind: "ubuntu", Size: 64 << 10, Seed: 1}
 )
 
-// server serves compressed images by path and counts the requests.
-type server struct {
-	*httptest.Server
-	files    map[string][]byte
-	requests atomic.Int64
-}
-
-func compress(t testing.TB, format string, b []byte) []byte {
+// startServer serves the images the tests write, compressed, by path.
+func startServer(t testing.TB) *drivertest.ImageServer {
 	t.Helper()
-	var buf bytes.Buffer
-	switch format {
-	case "zst":
-		w, err := zstd.NewWriter(&buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.Write(b); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
-	case "xz":
-		w, err := xz.NewWriter(&buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.Write(b); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
-	default:
-		return b
-	}
-	return buf.Bytes()
-}
-
-func startServer(t testing.TB) *server {
-	t.Helper()
-	corrupt := compress(t, "zst", noble.Bytes())
-	s := &server{files: map[string][]byte{
-		"/noble.img.zst":   compress(t, "zst", noble.Bytes()),
-		"/core18.img.xz":   compress(t, "xz", core18.Bytes()),
-		"/big.img.zst":     compress(t, "zst", big.Bytes()),
+	corrupt := drivertest.Compress(t, "zst", noble.Bytes())
+	return drivertest.StartImageServer(t, map[string][]byte{
+		"/noble.img.zst":   drivertest.Compress(t, "zst", noble.Bytes()),
+		"/core18.img.xz":   drivertest.Compress(t, "xz", core18.Bytes()),
+		"/big.img.zst":     drivertest.Compress(t, "zst", big.Bytes()),
 		"/corrupt.img.zst": corrupt[:len(corrupt)/2],
 		"/notadisk.img":    bytes.Repeat([]byte("not a disk image\n"), 4096),
-	}}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.requests.Add(1)
-		name, slow := strings.CutPrefix(r.URL.Path, "/slow")
-		b, ok := s.files[name]
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		if !slow {
-			http.ServeContent(w, r, r.URL.Path, time.Time{}, bytes.NewReader(b))
-			return
-		}
-		// A slow mirror: 8 KiB every 10 ms.
-		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-		for len(b) > 0 {
-			n := min(len(b), 8<<10)
-			if _, err := w.Write(b[:n]); err != nil {
-				return
-			}
-			w.(http.Flusher).Flush()
-			b = b[n:]
-			select {
-			case <-r.Context().Done():
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-// record makes the device's host key policy hold key for name, as if
-// it had been seen before.
-func record(t *testing.T, cfg *drivers.DeviceConfig, name, addr string, key ssh.PublicKey) {
-	t.Helper()
-	if err := cfg.SSH.Policy().Callback(name)(addr, &net.TCPAddr{}, key); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func randomKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	})
 }
 
 // fast are timings that keep the tests short.
@@ -179,7 +78,7 @@ func rig(t *testing.T, o dragonboardsim.Options, extra events.Data) (*dragonboar
 		DeviceIP: raw["device_ip"].(string), SSHPort: raw["ssh_port"].(int),
 		RebootScript: raw["reboot_script"].([]string),
 		Raw:          raw,
-		SSH:          &drivers.SSHSettings{HostKeys: drivers.HostKeysTOFU, HostKeyDir: t.TempDir()},
+		SSH:          drivertest.TOFU(t),
 	}
 	return r, cfg
 }
@@ -202,22 +101,14 @@ func TestConformance(t *testing.T) {
 func TestScenarios(t *testing.T) {
 	srv := startServer(t)
 	// The rig of each device configuration a scenario set up.
-	var mu sync.Mutex
-	found := map[*drivers.DeviceConfig]*dragonboardsim.Rig{}
-	lookup := func(cfg *drivers.DeviceConfig) *dragonboardsim.Rig {
-		mu.Lock()
-		defer mu.Unlock()
-		return found[cfg]
-	}
+	var rigs drivertest.Rigs[*dragonboardsim.Rig]
 	device := func(o dragonboardsim.Options, extra events.Data, prepare ...func(*testing.T, *dragonboardsim.Rig, *drivers.DeviceConfig)) func(t *testing.T) *drivers.DeviceConfig {
 		return func(t *testing.T) *drivers.DeviceConfig {
 			r, cfg := rig(t, o, extra)
 			for _, p := range prepare {
 				p(t, r, cfg)
 			}
-			mu.Lock()
-			found[cfg] = r
-			mu.Unlock()
+			rigs.Add(t, cfg, r)
 			return cfg
 		}
 	}
@@ -228,7 +119,7 @@ func TestScenarios(t *testing.T) {
 	// the seed and sudoers file on partition 2 under base.
 	booted := func(im sim.Image, base string) func(*testing.T, *drivers.DeviceConfig, string, error) {
 		return func(t *testing.T, cfg *drivers.DeviceConfig, _ string, _ error) {
-			r := lookup(cfg)
+			r := rigs.Of(t, cfg)
 			if last := r.Disk.Last(); !last.Complete || last.SHA256 != im.SHA256() {
 				t.Errorf("card: %d bytes, complete %v, sha256 %s; want the image (%s)", last.Bytes, last.Complete, last.SHA256, im.SHA256())
 			}
@@ -248,20 +139,20 @@ func TestScenarios(t *testing.T) {
 		}
 	}
 	wiped := func(t *testing.T, cfg *drivers.DeviceConfig, _ string, _ error) {
-		r := lookup(cfg)
+		r := rigs.Of(t, cfg)
 		if last := r.Disk.Last(); r.Disk.Writes() == 0 || last.Bytes != 0 {
 			t.Errorf("card not wiped: %d writes, last %d bytes", r.Disk.Writes(), last.Bytes)
 		}
 	}
 	untouched := func(t *testing.T, cfg *drivers.DeviceConfig, _ string, _ error) {
-		r := lookup(cfg)
+		r := rigs.Of(t, cfg)
 		if r.Disk.Writes() != 0 {
 			t.Errorf("the card was written %d times", r.Disk.Writes())
 		}
 	}
 	inMasterNoReset := func(t *testing.T, cfg *drivers.DeviceConfig, out string, err error) {
 		booted(noble, "")(t, cfg, out, err)
-		if n := lookup(cfg).Resets(); n != 0 {
+		if n := rigs.Of(t, cfg).Resets(); n != 0 {
 			t.Errorf("%d resets for a board already in its master image", n)
 		}
 	}
@@ -278,7 +169,7 @@ func TestScenarios(t *testing.T) {
 		{Name: "new image new host key", Want: drivertest.Succeeds, Job: url("/noble.img.zst"), Check: booted(noble, ""),
 			Setup: device(dragonboardsim.Options{Faults: dragonboardsim.Faults{HostKeyChangesOnBoot: true}}, nil,
 				func(t *testing.T, r *dragonboardsim.Rig, cfg *drivers.DeviceConfig) {
-					record(t, cfg, cfg.Name, r.Addr(), r.Test.HostKey())
+					drivertest.RecordHostKey(t, cfg, cfg.Name, r.Addr(), r.Test.HostKey())
 				})},
 		{Name: "404", Setup: device(dragonboardsim.Options{}, nil), Job: url("/missing.img.zst"), Want: drivertest.ProvisioningFails,
 			Output: "404", Check: wiped},
@@ -300,7 +191,7 @@ func TestScenarios(t *testing.T) {
 			Job: url("/noble.img.zst"), Want: drivertest.RecoveryFails, Output: "master image did not come up", Check: untouched},
 		{Name: "master host key changed", Job: url("/noble.img.zst"), Want: drivertest.RecoveryFails, Output: "host key", Check: untouched,
 			Setup: device(dragonboardsim.Options{}, nil, func(t *testing.T, r *dragonboardsim.Rig, cfg *drivers.DeviceConfig) {
-				record(t, cfg, cfg.Name+"-master", r.Addr(), randomKey(t))
+				drivertest.RecordHostKey(t, cfg, cfg.Name+"-master", r.Addr(), drivertest.RandomHostKey(t))
 			})},
 		{Name: "reset script fails", Setup: device(dragonboardsim.Options{Faults: dragonboardsim.Faults{ResetFails: true}}, failFast),
 			Job: url("/noble.img.zst"), Want: drivertest.RecoveryFails, Output: "reboot_script[0]", Check: untouched},
@@ -398,7 +289,7 @@ func TestLabDevice(t *testing.T) {
 	cfg := &drivers.DeviceConfig{
 		Name: "lab-db", Type: dragonboard.Type, DeviceIP: raw["device_ip"].(string), SSHPort: raw["ssh_port"].(int),
 		RebootScript: raw["reboot_script"].([]string), Raw: raw,
-		SSH: &drivers.SSHSettings{HostKeys: drivers.HostKeysTOFU, HostKeyDir: t.TempDir()},
+		SSH: drivertest.TOFU(t),
 	}
 	d, err := drivers.New(cfg)
 	if err != nil {

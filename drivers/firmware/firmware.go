@@ -76,9 +76,9 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/flingerlab/flinger/drivers/devconf"
 	"github.com/flingerlab/flinger/drivers/sshx"
 	"github.com/flingerlab/flinger/events"
 )
@@ -149,42 +149,19 @@ func ParseOptions(raw events.Data) (Options, error) {
 	default:
 		o.DeviceType = t
 	}
-	for _, k := range []struct {
-		key string
-		def time.Duration
-		dst *time.Duration
-	}{
-		{"firmware_command_timeout", DefaultCommandTimeout, &o.CommandTimeout},
-		{"firmware_upgrade_timeout", DefaultUpgradeTimeout, &o.UpgradeTimeout},
-		{"firmware_reboot_delay", DefaultRebootDelay, &o.RebootDelay},
-		{"firmware_reboot_timeout", DefaultRebootTimeout, &o.RebootTimeout},
-		{"firmware_boot_check_interval", DefaultBootCheckInterval, &o.BootCheckInterval},
-	} {
-		v, err := duration(raw, k.key, k.def)
-		if err == nil && (v <= 0 || v > MaxDuration) {
-			err = fmt.Errorf("%s: %s out of range (more than 0s to %s)", k.key, v, MaxDuration)
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		*k.dst = v
+	if err := devconf.Durations(raw, MaxDuration,
+		devconf.DurationKey{Key: "firmware_command_timeout", Default: DefaultCommandTimeout, Dst: &o.CommandTimeout},
+		devconf.DurationKey{Key: "firmware_upgrade_timeout", Default: DefaultUpgradeTimeout, Dst: &o.UpgradeTimeout},
+		devconf.DurationKey{Key: "firmware_reboot_delay", Default: DefaultRebootDelay, Dst: &o.RebootDelay},
+		devconf.DurationKey{Key: "firmware_reboot_timeout", Default: DefaultRebootTimeout, Dst: &o.RebootTimeout},
+		devconf.DurationKey{Key: "firmware_boot_check_interval", Default: DefaultBootCheckInterval, Dst: &o.BootCheckInterval},
+	); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return Options{}, errors.Join(errs...)
 	}
 	return o, nil
-}
-
-// duration reads a duration key: whole seconds, a Go duration ("500ms",
-// "1m30s") or a Flinger duration ("2h30m", "1d").
-func duration(d events.Data, key string, def time.Duration) (time.Duration, error) {
-	if s, ok := d[key].(string); ok {
-		if v, err := time.ParseDuration(s); err == nil {
-			return v, nil
-		}
-	}
-	return d.Duration(key, def)
 }
 
 // VersionFrom returns firmware_update_data.version ("" when absent).
@@ -268,12 +245,3 @@ func (e *NotBackError) Error() string {
 
 // Unwrap returns the last attempt's error.
 func (e *NotBackError) Unwrap() error { return e.Err }
-
-// printable quotes s when it holds control characters, so that a value
-// read from the device or the job cannot forge lines of output.
-func printable(s string) string {
-	if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return strconv.Quote(s)
-	}
-	return s
-}

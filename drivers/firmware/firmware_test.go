@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/flingerlab/flinger/drivers/drivertest"
 	"github.com/flingerlab/flinger/drivers/firmware"
 	"github.com/flingerlab/flinger/drivers/sim"
 	"github.com/flingerlab/flinger/drivers/sim/fwupdsim"
@@ -15,27 +15,9 @@ import (
 	"github.com/flingerlab/flinger/events"
 )
 
-// output is a buffer safe for concurrent use.
-type output struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (o *output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
-
 // device starts a simulated PC with fwupd and returns it with the options
 // that reach it, with short waits.
-func device(t *testing.T, f sim.Faults, opts fwupdsim.Options) (*sim.DUT, *fwupdsim.FWUPD, firmware.Options, *output) {
+func device(t *testing.T, f sim.Faults, opts fwupdsim.Options) (*sim.DUT, *fwupdsim.FWUPD, firmware.Options, *drivertest.Output) {
 	t.Helper()
 	dut, err := sim.StartDUT(t.Context(), sim.DUTOptions{Name: "pc-sim", BootTime: 200 * time.Millisecond,
 		Users: map[string]string{"ubuntu": "ubuntu"}, Faults: f})
@@ -47,7 +29,7 @@ func device(t *testing.T, f sim.Faults, opts fwupdsim.Options) (*sim.DUT, *fwupd
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := &output{}
+	out := &drivertest.Output{}
 	return dut, fw, firmware.Options{
 		SSH:            sshx.Config{Addr: dut.Addr(), User: "ubuntu", Password: "ubuntu", HostKeys: sshx.TOFU(t.TempDir())},
 		Device:         "pc-sim",

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/sshx"
 )
 
@@ -89,9 +90,9 @@ type fwResults struct {
 
 func (d *fwDevice) name() string {
 	if d.Name != "" {
-		return printable(d.Name)
+		return display.Printable(d.Name)
 	}
-	return printable(d.DeviceID)
+	return display.Printable(d.DeviceID)
 }
 
 // updater is one update in progress.
@@ -214,7 +215,7 @@ func hostKeyProblem(err error) bool {
 
 // connect logs in to the device, trying a few times.
 func (u *updater) connect(ctx context.Context) error {
-	u.printf("Connecting to %s@%s", printable(u.o.SSH.User), u.o.SSH.Addr)
+	u.printf("Connecting to %s@%s", display.Printable(u.o.SSH.User), u.o.SSH.Addr)
 	err := sshx.Retry(ctx, sshx.Backoff{Initial: 2 * time.Second, Max: 10 * time.Second, Attempts: connectAttempts},
 		func(ctx context.Context) error {
 			c, err := sshx.Dial(ctx, u.o.SSH, u.o.Device)
@@ -231,7 +232,7 @@ func (u *updater) connect(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("firmware update: connecting to the device: %w", ctx.Err())
 		}
-		return fmt.Errorf("firmware update: cannot log in to device %s as %s: %w", u.o.Device, printable(u.o.SSH.User), err)
+		return fmt.Errorf("firmware update: cannot log in to device %s as %s: %w", u.o.Device, display.Printable(u.o.SSH.User), err)
 	}
 	return nil
 }
@@ -297,11 +298,11 @@ func (u *updater) detect(ctx context.Context) (vendor, chassis string, err error
 	}
 	vendor = vals[0]
 	chassis, err = classify(vendor, vals[1])
-	u.printf("Device: DMI chassis vendor %s, chassis type %s", strconv.Quote(vendor), printable(chassis))
+	u.printf("Device: DMI chassis vendor %s, chassis type %s", strconv.Quote(vendor), display.Printable(chassis))
 	if err != nil {
 		return vendor, chassis, err
 	}
-	u.printf("%s devices of this chassis type are updated from LVFS with fwupd", printable(vendor))
+	u.printf("%s devices of this chassis type are updated from LVFS with fwupd", display.Printable(vendor))
 	return vendor, chassis, nil
 }
 
@@ -312,7 +313,7 @@ func (u *updater) ensureFwupd(ctx context.Context) error {
 		return ctxErr(ctx, "checking fwupd", err)
 	}
 	if code == 0 {
-		u.printf("fwupd: %s", printable(firstLine(stdout)))
+		u.printf("fwupd: %s", display.Printable(firstLine(stdout)))
 		return nil
 	}
 	if code != 127 {
@@ -340,7 +341,7 @@ func (u *updater) ensureFwupd(ctx context.Context) error {
 	if code != 0 {
 		return fmt.Errorf("firmware update: fwupd was installed but does not run: %w", fail("fwupdmgr --version", code, stdout, stderr))
 	}
-	u.printf("fwupd: %s", printable(firstLine(stdout)))
+	u.printf("fwupd: %s", display.Printable(firstLine(stdout)))
 	return nil
 }
 
@@ -390,12 +391,12 @@ func (u *updater) inventory(ctx context.Context) ([]*fwDevice, error) {
 		for _, r := range d.Releases {
 			switch {
 			case slices.Contains(r.Flags, "is-upgrade"):
-				up = append(up, printable(r.Version))
+				up = append(up, display.Printable(r.Version))
 			case slices.Contains(r.Flags, "is-downgrade"):
-				down = append(down, printable(r.Version))
+				down = append(down, display.Printable(r.Version))
 			}
 		}
-		line := fmt.Sprintf("[%s] current version: %s", d.name(), printable(d.Version))
+		line := fmt.Sprintf("[%s] current version: %s", d.name(), display.Printable(d.Version))
 		switch {
 		case len(d.Releases) == 0:
 			line += " - no firmware on LVFS"
@@ -421,14 +422,14 @@ func (u *updater) upgrade(ctx context.Context, devs []*fwDevice) (upgraded []*fw
 		}
 		latest := d.Releases[0]
 		if latest.Version == d.Version {
-			u.printf("[%s] already has the latest firmware LVFS offers (%s)", d.name(), printable(d.Version))
+			u.printf("[%s] already has the latest firmware LVFS offers (%s)", d.name(), display.Printable(d.Version))
 			continue
 		}
 		if !slices.Contains(latest.Flags, "is-upgrade") {
-			u.printf("[%s] the newest release on LVFS (%s) is not an upgrade of %s: not updated", d.name(), printable(latest.Version), printable(d.Version))
+			u.printf("[%s] the newest release on LVFS (%s) is not an upgrade of %s: not updated", d.name(), display.Printable(latest.Version), display.Printable(d.Version))
 			continue
 		}
-		u.printf("[%s] upgrading %s → %s", d.name(), printable(d.Version), printable(latest.Version))
+		u.printf("[%s] upgrading %s → %s", d.name(), display.Printable(d.Version), display.Printable(latest.Version))
 		stdout, stderr, code, err := u.run(ctx, u.o.UpgradeTimeout, "sudo", "fwupdmgr", "upgrade", d.DeviceID, "-y", "--no-reboot-check")
 		if err != nil {
 			if ctx.Err() != nil {
@@ -448,9 +449,9 @@ func (u *updater) upgrade(ctx context.Context, devs []*fwDevice) (upgraded []*fw
 		d.target = latest.Version
 		d.needsReboot = slices.Contains(d.Flags, "needs-reboot") || strings.Contains(strings.ToLower(stdout), "requires a reboot")
 		if d.needsReboot {
-			u.printf("[%s] firmware %s staged: it is applied when the device reboots", d.name(), printable(latest.Version))
+			u.printf("[%s] firmware %s staged: it is applied when the device reboots", d.name(), display.Printable(latest.Version))
 		} else {
-			u.printf("[%s] firmware %s written", d.name(), printable(latest.Version))
+			u.printf("[%s] firmware %s written", d.name(), display.Printable(latest.Version))
 		}
 		upgraded = append(upgraded, d)
 	}
@@ -491,7 +492,7 @@ func (u *updater) reboot(ctx context.Context) error {
 	case hostKeyProblem(err):
 		return fmt.Errorf("firmware update: the device came back with a host key that is not the one recorded: %w", err)
 	case errors.Is(err, sshx.ErrAuth):
-		return fmt.Errorf("firmware update: the device came back but refuses the login as %s: %w", printable(u.o.SSH.User), err)
+		return fmt.Errorf("firmware update: the device came back but refuses the login as %s: %w", display.Printable(u.o.SSH.User), err)
 	}
 	return &NotBackError{Device: u.o.Device, Addr: u.o.SSH.Addr, Timeout: u.o.RebootTimeout, Err: err}
 }
@@ -551,13 +552,13 @@ func (u *updater) check(ctx context.Context, d *fwDevice) error {
 	}
 	got := r.Releases[0].Version
 	if got != d.target || r.UpdateState != stateSuccess {
-		detail := fmt.Sprintf("fwupd reports %s for version %s", stateName(r.UpdateState), printable(got))
+		detail := fmt.Sprintf("fwupd reports %s for version %s", stateName(r.UpdateState), display.Printable(got))
 		if r.UpdateError != "" {
-			detail += ": " + printable(r.UpdateError)
+			detail += ": " + display.Printable(r.UpdateError)
 		}
 		return &DeviceError{Name: d.name(), DeviceID: d.DeviceID, Version: d.target, Step: "check", Detail: detail}
 	}
-	u.printf("[%s] firmware flashed %s → %s", d.name(), printable(d.Version), printable(d.target))
+	u.printf("[%s] firmware flashed %s → %s", d.name(), display.Printable(d.Version), display.Printable(d.target))
 	return nil
 }
 

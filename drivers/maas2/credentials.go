@@ -89,7 +89,7 @@ func (d *Driver) apiKey() (maasapi.Key, error) {
 // configuration is at fault, not the job).
 func (d *Driver) newSession(run *drivers.Run) (*session, error) {
 	dev := d.device(run)
-	s := &session{d: d, run: run, dev: dev, w: out(run), node: d.opts.nodeID}
+	s := &session{d: d, run: run, dev: dev, w: run.Output(), node: d.opts.nodeID}
 	s.log = run.Logger().With("device", dev.Name, "system_id", s.node)
 	key, err := d.apiKey()
 	if err != nil {

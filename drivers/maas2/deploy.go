@@ -1,7 +1,6 @@
 package maas2
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,9 @@ import (
 	"unicode"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/maas2/maasapi"
+	"github.com/flingerlab/flinger/drivers/osrelease"
 	"github.com/flingerlab/flinger/drivers/sshx"
 	"github.com/flingerlab/flinger/events"
 )
@@ -36,12 +37,12 @@ func parseProvisionData(pd events.Data) (deployRequest, error) {
 	for _, k := range slices.Sorted(maps.Keys(pd)) {
 		if !slices.Contains(provisionKeys, k) {
 			return r, fmt.Errorf("provision_data.%s: unknown key for a maas2 device (known: %s)",
-				printable(k), strings.Join(provisionKeys[:5], ", "))
+				display.Printable(k), strings.Join(provisionKeys[:5], ", "))
 		}
 	}
 	name := func(key, v string) error {
 		if len(v) > 128 || strings.ContainsFunc(v, func(c rune) bool { return unicode.IsSpace(c) || unicode.IsControl(c) }) {
-			return fmt.Errorf("provision_data.%s: %s is not a MAAS %s name", key, printable(v), key)
+			return fmt.Errorf("provision_data.%s: %s is not a MAAS %s name", key, display.Printable(v), key)
 		}
 		return nil
 	}
@@ -114,7 +115,7 @@ func (s *session) provision(ctx context.Context, req deployRequest) error {
 	if err != nil {
 		return s.provisionFailure(ctx, "reading machine "+s.node, err)
 	}
-	s.printf("MAAS at %s: machine %s (%s) is %s", s.api.Server(), s.node, printable(m.Hostname), describe(m))
+	s.printf("MAAS at %s: machine %s (%s) is %s", s.api.Server(), s.node, display.Printable(m.Hostname), describe(m))
 	l := req.disks
 	if l == nil {
 		l = o.defaultDisks
@@ -140,7 +141,7 @@ func (s *session) provision(ctx context.Context, req deployRequest) error {
 		}
 		if !ok {
 			return &drivers.ProvisioningError{Err: fmt.Errorf("provision_data.ephemeral: ephemeral deployments need MAAS 3.5 or later, and MAAS at %s is %s",
-				s.api.Server(), printable(v.Version))}
+				s.api.Server(), display.Printable(v.Version))}
 		}
 	}
 	if o.resetEFI {
@@ -304,7 +305,7 @@ func (s *session) waitDeployed(ctx context.Context, startID int) error {
 		case maasapi.StatusDeploying, maasapi.StatusAllocated:
 			return false, nil
 		case maasapi.StatusFailedDeployment:
-			failure = provisioningf("MAAS reports Failed deployment of machine %s: %s (the installation output is in the job's output)", s.node, printable(m.StatusMessage))
+			failure = provisioningf("MAAS reports Failed deployment of machine %s: %s (the installation output is in the job's output)", s.node, display.Printable(m.StatusMessage))
 		default:
 			failure = provisioningf("machine %s went %s during its deployment", s.node, describe(m))
 		}
@@ -381,13 +382,13 @@ func (s *session) checkBooted(ctx context.Context, req deployRequest) error {
 	if err != nil {
 		return s.sshFailure(ctx, "reading /etc/os-release", err)
 	}
-	rel := parseOSRelease(osr)
+	rel := osrelease.Parse(osr)
 	want := strings.TrimPrefix(req.distro, "ubuntu/")
 	if rel["ID"] == "ubuntu" && !strings.Contains(want, "/") && want != rel["VERSION_CODENAME"] && want != rel["VERSION_ID"] {
 		return provisioningf("machine %s runs %s (%s) where the job asked for %s", s.node,
-			printable(rel["PRETTY_NAME"]), printable(rel["VERSION_CODENAME"]), printable(req.distro))
+			display.Printable(rel["PRETTY_NAME"]), display.Printable(rel["VERSION_CODENAME"]), display.Printable(req.distro))
 	}
-	s.printf("Machine %s is deployed and answers: %s", s.node, printable(rel["PRETTY_NAME"]))
+	s.printf("Machine %s is deployed and answers: %s", s.node, display.Printable(rel["PRETTY_NAME"]))
 	return nil
 }
 
@@ -409,18 +410,4 @@ func (s *session) sshConfig() (sshx.Config, error) {
 	}
 	cfg.User = MachineUser
 	return cfg, nil
-}
-
-// parseOSRelease reads os-release's KEY=value lines.
-func parseOSRelease(s string) map[string]string {
-	out := map[string]string{}
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), "=")
-		if !ok {
-			continue
-		}
-		out[k] = strings.Trim(v, `"'`)
-	}
-	return out
 }

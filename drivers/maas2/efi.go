@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/sshx"
 )
 
@@ -56,7 +57,7 @@ func run(ctx context.Context, c *sshx.Client, argv []string, stdin string) (stri
 		if msg == "" {
 			msg = strings.TrimSpace(stdout.String())
 		}
-		return stdout.String(), fmt.Errorf("%s exited with status %d: %s", strings.Join(argv, " "), code, printable(msg))
+		return stdout.String(), fmt.Errorf("%s exited with status %d: %s", strings.Join(argv, " "), code, display.Printable(msg))
 	}
 	return stdout.String(), nil
 }
@@ -156,7 +157,7 @@ func (s *session) requestTPMClear(ctx context.Context) error {
 		return err
 	}
 	if strings.TrimSpace(got) != "5" {
-		return fmt.Errorf("%s reads %s after writing 5", TPMRequestPath, printable(strings.TrimSpace(got)))
+		return fmt.Errorf("%s reads %s after writing 5", TPMRequestPath, display.Printable(strings.TrimSpace(got)))
 	}
 	return nil
 }

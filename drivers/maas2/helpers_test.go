@@ -4,11 +4,11 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/drivertest"
 	"github.com/flingerlab/flinger/drivers/maas2"
 	"github.com/flingerlab/flinger/drivers/sim/maassim"
 	"github.com/flingerlab/flinger/events"
@@ -36,15 +36,11 @@ type rig struct {
 }
 
 // rigs finds the rig of a device configuration, for scenario checks.
-var rigs sync.Map // *drivers.DeviceConfig -> *rig
+var rigs drivertest.Rigs[*rig]
 
 func rigOf(t *testing.T, cfg *drivers.DeviceConfig) *rig {
 	t.Helper()
-	r, ok := rigs.Load(cfg)
-	if !ok {
-		t.Fatal("no simulated MAAS for this configuration")
-	}
-	return r.(*rig)
+	return rigs.Of(t, cfg)
 }
 
 // setup describes a rig to start.
@@ -100,8 +96,7 @@ func startRig(t *testing.T, su setup) *rig {
 		SSH: &drivers.SSHSettings{HostKeys: drivers.HostKeysTOFU, HostKeyDir: filepath.Join(dir, "hostkeys")},
 	}
 	r := &rig{srv: srv, m: m, cfg: cfg}
-	rigs.Store(cfg, r)
-	t.Cleanup(func() { rigs.Delete(cfg) })
+	rigs.Add(t, cfg, r)
 	return r
 }
 

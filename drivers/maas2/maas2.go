@@ -130,6 +130,7 @@ import (
 	"unicode"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/devconf"
 	"github.com/flingerlab/flinger/drivers/maas2/maasapi"
 	"github.com/flingerlab/flinger/events"
 )
@@ -266,28 +267,17 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 			return nil, err
 		}
 	}
-	for _, k := range []struct {
-		key string
-		def time.Duration
-		dst *time.Duration
-	}{
-		{"release_timeout", DefaultReleaseTimeout, &o.releaseTimeout},
-		{"fallback_timeout", DefaultFallbackTimeout, &o.fallbackTimeout},
-		{"poll_interval", DefaultPollInterval, &o.pollInterval},
-		{"poll_max", DefaultPollMax, &o.pollMax},
-		{"boot_timeout", DefaultBootTimeout, &o.bootTimeout},
-		{"ssh_check_interval", DefaultSSHCheckInterval, &o.sshInterval},
-		{"maas_request_timeout", DefaultRequestTimeout, &o.requestTimeout},
-		{"maas_retry_interval", DefaultRetryInterval, &o.retryInterval},
-	} {
-		v, err := duration(raw, k.key, k.def)
-		if err != nil {
-			return nil, err
-		}
-		if v <= 0 || v > MaxDuration {
-			return nil, fmt.Errorf("%s: %s out of range (more than 0s, at most %s)", k.key, v, MaxDuration)
-		}
-		*k.dst = v
+	if err := devconf.Durations(raw, MaxDuration,
+		devconf.DurationKey{Key: "release_timeout", Default: DefaultReleaseTimeout, Dst: &o.releaseTimeout},
+		devconf.DurationKey{Key: "fallback_timeout", Default: DefaultFallbackTimeout, Dst: &o.fallbackTimeout},
+		devconf.DurationKey{Key: "poll_interval", Default: DefaultPollInterval, Dst: &o.pollInterval},
+		devconf.DurationKey{Key: "poll_max", Default: DefaultPollMax, Dst: &o.pollMax},
+		devconf.DurationKey{Key: "boot_timeout", Default: DefaultBootTimeout, Dst: &o.bootTimeout},
+		devconf.DurationKey{Key: "ssh_check_interval", Default: DefaultSSHCheckInterval, Dst: &o.sshInterval},
+		devconf.DurationKey{Key: "maas_request_timeout", Default: DefaultRequestTimeout, Dst: &o.requestTimeout},
+		devconf.DurationKey{Key: "maas_retry_interval", Default: DefaultRetryInterval, Dst: &o.retryInterval},
+	); err != nil {
+		return nil, err
 	}
 	o.pollMax = max(o.pollMax, o.pollInterval)
 	if o.retries, err = raw.Int("maas_retries", DefaultRetries); err != nil {
@@ -297,25 +287,6 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 		return nil, fmt.Errorf("maas_retries: %d out of range (1 to 100)", o.retries)
 	}
 	return &Driver{cfg: cfg, opts: o}, nil
-}
-
-// duration reads a duration key: whole seconds, a Go duration ("500ms",
-// "1m30s") or a Flinger duration ("2h30m").
-func duration(d events.Data, key string, def time.Duration) (time.Duration, error) {
-	if s, ok := d[key].(string); ok {
-		if v, err := time.ParseDuration(s); err == nil {
-			return v, nil
-		}
-	}
-	return d.Duration(key, def)
-}
-
-// out returns run.Out, or a writer that discards when it is nil.
-func out(run *drivers.Run) io.Writer {
-	if run.Out == nil {
-		return io.Discard
-	}
-	return run.Out
 }
 
 // device returns the run's device configuration.

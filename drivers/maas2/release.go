@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/maas2/maasapi"
 )
 
@@ -27,7 +28,7 @@ func (s *session) keyNote(err error) error {
 		if s.d.opts.inlineKey != "" {
 			src = "maas_api_key"
 		}
-		return fmt.Errorf("MAAS refused the API key of device %s (%s): %w", printable(s.dev.Name), src, err)
+		return fmt.Errorf("MAAS refused the API key of device %s (%s): %w", display.Printable(s.dev.Name), src, err)
 	}
 	return err
 }
@@ -55,10 +56,10 @@ func (s *session) release(ctx context.Context) error {
 		return fmt.Errorf("%s: %w", "reading machine "+s.node, err)
 	}
 	if m.StatusName == maasapi.StatusReady {
-		s.printf("MAAS: machine %s (%s) is Ready: nothing to release", s.node, printable(m.Hostname))
+		s.printf("MAAS: machine %s (%s) is Ready: nothing to release", s.node, display.Printable(m.Hostname))
 		return nil
 	}
-	s.printf("MAAS: releasing machine %s (%s), which is %s", s.node, printable(m.Hostname), describe(m))
+	s.printf("MAAS: releasing machine %s (%s), which is %s", s.node, display.Printable(m.Hostname), describe(m))
 	var tried []string
 	_, err = s.api.Release(ctx, s.node, s.comment("release"))
 	switch {
@@ -78,44 +79,46 @@ func (s *session) release(ctx context.Context) error {
 		s.printf("MAAS: the release was refused: %v", err)
 	}
 
-	s.printf("MAAS: marking machine %s broken, then fixed, to bring it back", s.node)
-	tried = append(tried, "mark broken/mark fixed")
-	_, err = s.api.MarkBroken(ctx, s.node, s.comment("recovery: the release did not complete"))
-	if err == nil {
-		_, err = s.api.MarkFixed(ctx, s.node, s.comment("recovery"))
+	fallbacks := []struct {
+		say, tried string
+		steps      func() error
+	}{
+		{"marking machine " + s.node + " broken, then fixed, to bring it back", "mark broken/mark fixed", func() error {
+			if _, err := s.api.MarkBroken(ctx, s.node, s.comment("recovery: the release did not complete")); err != nil {
+				return err
+			}
+			_, err := s.api.MarkFixed(ctx, s.node, s.comment("recovery"))
+			return err
+		}},
+		{"powering machine " + s.node + " off and releasing it again", "a power off and a release", func() error {
+			if _, err := s.api.PowerOff(ctx, s.node, "hard", s.comment("recovery: power off")); err != nil {
+				return err
+			}
+			_, err := s.api.Release(ctx, s.node, s.comment("release after power off"))
+			return err
+		}},
 	}
-	if err == nil {
-		err = s.waitReady(ctx, o.fallbackTimeout)
-		if err == nil {
-			return nil
+	for i, f := range fallbacks {
+		s.printf("MAAS: %s", f.say)
+		tried = append(tried, f.tried)
+		if err = f.steps(); err == nil {
+			if err = s.waitReady(ctx, o.fallbackTimeout); err == nil {
+				return nil
+			}
 		}
-	}
-	if ctx.Err() != nil || abort(err) {
-		return fmt.Errorf("%s: %w", "recovering machine "+s.node, err)
-	}
-	s.printf("MAAS: that did not help: %v", err)
-
-	s.printf("MAAS: powering machine %s off and releasing it again", s.node)
-	tried = append(tried, "a power off and a release")
-	_, err = s.api.PowerOff(ctx, s.node, "hard", s.comment("recovery: power off"))
-	if err == nil {
-		_, err = s.api.Release(ctx, s.node, s.comment("release after power off"))
-	}
-	if err == nil {
-		err = s.waitReady(ctx, o.fallbackTimeout)
-		if err == nil {
-			return nil
+		if ctx.Err() != nil || abort(err) {
+			return fmt.Errorf("%s: %w", "recovering machine "+s.node, err)
 		}
-	}
-	if ctx.Err() != nil || abort(err) {
-		return fmt.Errorf("%s: %w", "recovering machine "+s.node, err)
+		if i < len(fallbacks)-1 {
+			s.printf("MAAS: that did not help: %v", err)
+		}
 	}
 	status := "not Ready"
 	if m, merr := s.api.Machine(ctx, s.node); merr == nil {
 		status = describe(m)
 	}
 	return drivers.Recovery("MAAS could not bring machine %s (%s) back to Ready: it is %s after %s (last error: %v)",
-		s.node, printable(s.dev.Name), status, joinAnd(tried), err)
+		s.node, display.Printable(s.dev.Name), status, joinAnd(tried), err)
 }
 
 func isNotReady(err error) bool {
@@ -160,7 +163,7 @@ func joinAnd(words []string) string {
 // describe names a machine's status, with MAAS's message when it adds to it.
 func describe(m *maasapi.Machine) string {
 	if m.StatusMessage != "" && m.StatusMessage != m.StatusName {
-		return fmt.Sprintf("%s (%s)", m.StatusName, printable(m.StatusMessage))
+		return fmt.Sprintf("%s (%s)", m.StatusName, display.Printable(m.StatusMessage))
 	}
 	return m.StatusName
 }

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,24 +31,6 @@ const (
 	secretSecret   = "SeCrEtSeCrEt4242abcdefghijklmnop"
 	secretKey      = secretConsumer + ":" + secretToken + ":" + secretSecret
 )
-
-// syncBuffer is a buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // leaks returns the parts of the key found in text.
 func leaks(text string) []string {
@@ -98,7 +79,7 @@ func TestAPIKeyNeverShown(t *testing.T) {
 				delete(r.cfg.Raw, "maas_credentials")
 			}
 			var shown strings.Builder
-			logs := &syncBuffer{}
+			logs := &drivertest.Output{}
 			log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			d := newDriver(t, r.cfg)
 			job := jobWith(events.Data{"distro": "noble", "user_data": "#cloud-config\n"})
@@ -147,7 +128,7 @@ func TestAPIKeyNeverShown(t *testing.T) {
 				if err := os.WriteFile(filepath.Join(dir, "testflinger.json"), j, 0o600); err != nil {
 					t.Fatal(err)
 				}
-				stdout, stderr := &syncBuffer{}, &syncBuffer{}
+				stdout, stderr := &drivertest.Output{}, &drivertest.Output{}
 				rc := connector.Run(t.Context(), connector.Options{
 					Type: maassim.Type, Stage: stage, ConfigPath: "default.yaml", JobPath: "testflinger.json",
 					Dir: dir, Stdout: stdout, Stderr: stderr, Log: log, SSH: r.cfg.SSH,

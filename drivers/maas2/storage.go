@@ -11,6 +11,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/maas2/maasapi"
 	"github.com/flingerlab/flinger/events"
 )
@@ -61,7 +62,7 @@ func where(source string, index int, id string) string {
 		w += "[" + strconv.Itoa(index) + "]"
 	}
 	if id != "" {
-		w += " (" + printable(id) + ")"
+		w += " (" + display.Printable(id) + ")"
 	}
 	return w
 }
@@ -183,13 +184,13 @@ func (l *layout) parseEntry(i int, d events.Data) (*entry, error) {
 			return nil, fail("%v", err)
 		}
 		if strings.ContainsFunc(e.name, func(r rune) bool { return r == '/' || unicode.IsSpace(r) || unicode.IsControl(r) }) {
-			return nil, fail("name: %s must not contain '/', spaces or control characters", printable(e.name))
+			return nil, fail("name: %s must not contain '/', spaces or control characters", display.Printable(e.name))
 		}
 		if e.ptable, err = d.String("ptable", ""); err != nil {
 			return nil, fail("%v", err)
 		}
 		if p := strings.ToLower(e.ptable); p != "" && p != "gpt" && p != "msdos" {
-			return nil, fail("ptable: %s is neither gpt nor msdos", printable(e.ptable))
+			return nil, fail("ptable: %s is neither gpt nor msdos", display.Printable(e.ptable))
 		}
 		if e.boot, err = d.Bool("boot", false); err != nil {
 			return nil, fail("%v", err)
@@ -233,7 +234,7 @@ func (l *layout) parseEntry(i int, d events.Data) (*entry, error) {
 			return nil, fail("fstype: required (one of %s)", strings.Join(Filesystems, ", "))
 		}
 		if !slices.Contains(Filesystems, e.fstype) {
-			return nil, fail("fstype: unknown filesystem %s (MAAS formats with %s)", printable(e.fstype), strings.Join(Filesystems, ", "))
+			return nil, fail("fstype: unknown filesystem %s (MAAS formats with %s)", display.Printable(e.fstype), strings.Join(Filesystems, ", "))
 		}
 		if e.label, err = d.String("label", ""); err != nil {
 			return nil, fail("%v", err)
@@ -249,11 +250,11 @@ func (l *layout) parseEntry(i int, d events.Data) (*entry, error) {
 		case e.path == "":
 			return nil, fail("path: required (where to mount, such as /)")
 		case !strings.HasPrefix(e.path, "/") || strings.ContainsFunc(e.path, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }):
-			return nil, fail("path: %s is not an absolute path without spaces", printable(e.path))
+			return nil, fail("path: %s is not an absolute path without spaces", display.Printable(e.path))
 		}
 	default:
 		return nil, fail("type: unknown type %s (known: %s; RAID, LVM and bcache are not supported, as in Testflinger)",
-			printable(e.typ), strings.Join(entryTypes, ", "))
+			display.Printable(e.typ), strings.Join(entryTypes, ", "))
 	}
 	return e, nil
 }
@@ -285,7 +286,7 @@ func (l *layout) check(ephemeral bool) error {
 					numbers[e.device] = map[int]*entry{}
 				}
 				if prev := numbers[e.device][e.number]; prev != nil {
-					return l.errorf(e, "number: %d is also the number of entry %d on disk %s", e.number, prev.index, printable(e.device))
+					return l.errorf(e, "number: %d is also the number of entry %d on disk %s", e.number, prev.index, display.Printable(e.device))
 				}
 				numbers[e.device][e.number] = e
 			}
@@ -299,7 +300,7 @@ func (l *layout) check(ephemeral bool) error {
 				return l.errorf(e, "volume: %s is not the id of a partition or disk entry", l.describeRef(e.volume))
 			}
 			if prev := formatted[e.volume]; prev != nil {
-				return l.errorf(e, "volume: %s is already formatted by entry %d", printable(e.volume), prev.index)
+				return l.errorf(e, "volume: %s is already formatted by entry %d", display.Printable(e.volume), prev.index)
 			}
 			formatted[e.volume] = e
 		case entryMount:
@@ -308,7 +309,7 @@ func (l *layout) check(ephemeral bool) error {
 				return l.errorf(e, "device: %s is not the id of a format entry", l.describeRef(e.device))
 			}
 			if prev := mounted[e.device]; prev != nil {
-				return l.errorf(e, "device: %s is already mounted by entry %d", printable(e.device), prev.index)
+				return l.errorf(e, "device: %s is already mounted by entry %d", display.Printable(e.device), prev.index)
 			}
 			mounted[e.device] = e
 			if prev := paths[e.path]; prev != nil {
@@ -316,13 +317,13 @@ func (l *layout) check(ephemeral bool) error {
 			}
 			paths[e.path] = e
 			if l.byID[e.device].fstype == "swap" {
-				return l.errorf(e, "device: %s is swap, which is not mounted on a path", printable(e.device))
+				return l.errorf(e, "device: %s is swap, which is not mounted on a path", display.Printable(e.device))
 			}
 		}
 	}
 	for _, e := range l.entries {
 		if e.typ == entryFormat && l.byID[e.volume].typ == entryDisk && len(l.partitionsOf(e.volume)) > 0 {
-			return l.errorf(e, "volume: disk %s has partitions; format them, not the whole disk", printable(e.volume))
+			return l.errorf(e, "volume: disk %s has partitions; format them, not the whole disk", display.Printable(e.volume))
 		}
 	}
 	if !ephemeral && len(l.entries) > 0 && paths["/"] == nil {
@@ -334,9 +335,9 @@ func (l *layout) check(ephemeral bool) error {
 // describeRef names a reference that does not resolve as wanted.
 func (l *layout) describeRef(id string) string {
 	if e := l.byID[id]; e != nil {
-		return fmt.Sprintf("%s (a %s entry)", printable(id), e.typ)
+		return fmt.Sprintf("%s (a %s entry)", display.Printable(id), e.typ)
 	}
-	return fmt.Sprintf("%s (no entry has this id)", printable(id))
+	return fmt.Sprintf("%s (no entry has this id)", display.Printable(id))
 }
 
 // disks returns the layout's disk entries, in order.
@@ -420,16 +421,16 @@ func parseSize(v any) (int64, error) {
 	}
 	m := sizeRE.FindStringSubmatch(strings.ToUpper(strings.TrimSpace(s)))
 	if m == nil {
-		return 0, fmt.Errorf("%s is not a size such as 500M, 20G, 1.5T or a number of bytes", printable(s))
+		return 0, fmt.Errorf("%s is not a size such as 500M, 20G, 1.5T or a number of bytes", display.Printable(s))
 	}
 	f, err := strconv.ParseFloat(m[1], 64)
 	if err != nil {
-		return 0, fmt.Errorf("%s is not a size: %w", printable(s), err)
+		return 0, fmt.Errorf("%s is not a size: %w", display.Printable(s), err)
 	}
 	mult := map[string]float64{"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[m[2]]
 	n := math.Round(f * mult)
 	if n < 1 || n > 1<<60 {
-		return 0, fmt.Errorf("%s is out of range", printable(s))
+		return 0, fmt.Errorf("%s is out of range", display.Printable(s))
 	}
 	return int64(n), nil
 }
@@ -520,7 +521,7 @@ func (l *layout) plan(devs []maasapi.BlockDevice, node string) (*plan, error) {
 	if !match(0) {
 		var needs []string
 		for _, d := range disks {
-			needs = append(needs, fmt.Sprintf("%s needs %s", printable(d.id), maasapi.Bytes(l.need(d))))
+			needs = append(needs, fmt.Sprintf("%s needs %s", display.Printable(d.id), maasapi.Bytes(l.need(d))))
 		}
 		return nil, l.errorf(nil, "the disk entries do not fit the machine's disks together (%s); %s", strings.Join(needs, ", "), have)
 	}
@@ -563,7 +564,7 @@ func (s *session) applyLayout(ctx context.Context, p *plan) error {
 	partitionIDs := map[*entry]int{}
 	for _, d := range l.disks() {
 		dev := p.disk[d]
-		s.printf("Storage: %s is disk %s (id %d, %s)", printable(d.id), dev.Name, dev.ID, dev.Size)
+		s.printf("Storage: %s is disk %s (id %d, %s)", display.Printable(d.id), dev.Name, dev.ID, dev.Size)
 		if l.bootDisk(d) {
 			s.printf("Storage: %s is the boot disk", dev.Name)
 			if err := s.api.SetBootDisk(ctx, s.node, dev.ID); err != nil {
@@ -571,7 +572,7 @@ func (s *session) applyLayout(ctx context.Context, p *plan) error {
 			}
 		}
 		if d.name != "" && d.name != dev.Name {
-			s.printf("Storage: naming %s %s", dev.Name, printable(d.name))
+			s.printf("Storage: naming %s %s", dev.Name, display.Printable(d.name))
 			if err := s.api.RenameBlockDevice(ctx, s.node, dev.ID, d.name); err != nil {
 				return fail(d, err)
 			}
@@ -585,7 +586,7 @@ func (s *session) applyLayout(ctx context.Context, p *plan) error {
 				return fail(part, err)
 			}
 			partitionIDs[part] = created.ID
-			s.printf("Storage: partition %s on %s: %s (id %d)", printable(part.id), dev.Name, created.Size, created.ID)
+			s.printf("Storage: partition %s on %s: %s (id %d)", display.Printable(part.id), dev.Name, created.Size, created.ID)
 		}
 	}
 	for _, e := range l.entries {
@@ -603,7 +604,7 @@ func (s *session) applyLayout(ctx context.Context, p *plan) error {
 		if err != nil {
 			return fail(e, err)
 		}
-		s.printf("Storage: %s formatted %s", printable(target.id), e.fstype)
+		s.printf("Storage: %s formatted %s", display.Printable(target.id), e.fstype)
 	}
 	for _, e := range l.entries {
 		if e.typ != entryMount {
@@ -620,7 +621,7 @@ func (s *session) applyLayout(ctx context.Context, p *plan) error {
 		if err != nil {
 			return fail(e, err)
 		}
-		s.printf("Storage: %s mounted on %s", printable(target.id), e.path)
+		s.printf("Storage: %s mounted on %s", display.Printable(target.id), e.path)
 	}
 	return nil
 }
@@ -655,14 +656,5 @@ func (s *session) clearStorage(ctx context.Context) error {
 	return nil
 }
 
-// printable quotes s when it holds control characters, so that a job's
-// value cannot forge lines of output.
-func printable(s string) string {
-	if strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) }) {
-		return strconv.Quote(s)
-	}
-	return s
-}
-
 // printableValue formats a job value for a message.
-func printableValue(v any) string { return printable(fmt.Sprint(v)) }
+func printableValue(v any) string { return display.Printable(fmt.Sprint(v)) }

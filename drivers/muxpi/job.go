@@ -3,7 +3,6 @@ package muxpi
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -52,7 +51,7 @@ func parseProvisionData(run *drivers.Run) (provisionData, error) {
 	case u != "":
 		// Only the network: a file URL would let a job write the lab
 		// host's own files to the device.
-		if err := checkURL(u); err != nil {
+		if err := drivers.CheckImageURL(u); err != nil {
 			return pd, fmt.Errorf("provision_data.url: %w", err)
 		}
 		pd.src = image.Source{URL: u, SHA256: sum}
@@ -78,26 +77,11 @@ func parseProvisionData(run *drivers.Run) (provisionData, error) {
 		return pd, fmt.Errorf("provision_data.%w", err)
 	}
 	if pd.bootCheckURL != "" {
-		if err := checkURL(strings.ReplaceAll(pd.bootCheckURL, "$DEVICE_IP", "device")); err != nil {
+		if err := drivers.CheckImageURL(strings.ReplaceAll(pd.bootCheckURL, "$DEVICE_IP", "device")); err != nil {
 			return pd, fmt.Errorf("provision_data.boot_check_url: %w", err)
 		}
 	}
 	return pd, nil
-}
-
-// checkURL checks that s is an http or https URL.
-func checkURL(s string) error {
-	u, err := url.Parse(s)
-	if err != nil {
-		return fmt.Errorf("not a valid URL: %w", err)
-	}
-	if scheme := strings.ToLower(u.Scheme); scheme != "http" && scheme != "https" {
-		return fmt.Errorf("%q is not an http or https URL", s)
-	}
-	if u.Host == "" {
-		return fmt.Errorf("%q has no host", s)
-	}
-	return nil
 }
 
 // attachment returns the path of the provisioning attachment name in the

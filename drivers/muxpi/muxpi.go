@@ -110,8 +110,12 @@ import (
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/devconf"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/flash"
-	"github.com/flingerlab/flinger/events"
+	"github.com/flingerlab/flinger/drivers/localcmd"
+	"github.com/flingerlab/flinger/drivers/remote"
+	"github.com/flingerlab/flinger/drivers/sshx"
 )
 
 // Type is the connector type of this driver, as in Testflinger.
@@ -153,9 +157,6 @@ const (
 	cancelCleanup = 1500 * time.Millisecond
 	// failCleanup bounds handing the storage back after a failure.
 	failCleanup = 60 * time.Second
-	// waitDelay is how long a local command's output may stay open after
-	// it exited or was killed (a child holding it).
-	waitDelay = time.Second
 	// progressEvery is how often the write's progress is printed.
 	progressEvery = 10 * time.Second
 )
@@ -179,11 +180,10 @@ type options struct {
 	testDevice           string
 	localCmd, deviceCmd  []string
 	muxCLI               []string // the words before sdwire/typecmux; nil: no mux CLI
-	controlReboot        [][]string
-	reboot               [][]string
+	controlReboot        localcmd.Script
+	reboot               localcmd.Script
 	postProvision        [][]string
 	controlRebootTimeout time.Duration
-	rebootScriptTimeout  time.Duration
 	bootTimeout          time.Duration
 	bootCheckInterval    time.Duration
 	controlRetry         time.Duration
@@ -237,45 +237,30 @@ func parseOptions(cfg *drivers.DeviceConfig) (options, error) {
 			break
 		}
 	}
-	o.reboot, err = commands(cfg.RebootScript, "reboot_script")
+	var rebootScriptTimeout time.Duration
+	if err := devconf.Durations(d, MaxDuration,
+		devconf.DurationKey{Key: "control_host_reboot_timeout", Default: DefaultControlHostRebootTimeout, Dst: &o.controlRebootTimeout},
+		devconf.DurationKey{Key: "reboot_script_timeout", Default: DefaultRebootScriptTimeout, Dst: &rebootScriptTimeout},
+		devconf.DurationKey{Key: "boot_timeout", Default: DefaultBootTimeout, Dst: &o.bootTimeout},
+		devconf.DurationKey{Key: "boot_check_interval", Default: DefaultBootCheckInterval, Dst: &o.bootCheckInterval},
+		devconf.DurationKey{Key: "control_retry_timeout", Default: DefaultControlRetryTimeout, Dst: &o.controlRetry},
+		devconf.DurationKey{Key: "control_retry_interval", Default: DefaultControlRetryInterval, Dst: &o.controlRetryInterval},
+		devconf.DurationKey{Key: "control_command_timeout", Default: DefaultControlCommandTimeout, Dst: &o.controlTimeout},
+		devconf.DurationKey{Key: "flash_timeout", Default: DefaultFlashTimeout, Dst: &o.flashTimeout},
+		devconf.DurationKey{Key: "partition_wait", Default: DefaultPartitionWait, Dst: &o.partitionWait},
+	); err != nil {
+		return o, err
+	}
+	if o.reboot, err = localcmd.New("reboot_script", cfg.RebootScript, rebootScriptTimeout); err != nil {
+		return o, err
+	}
+	controlReboot, err := devconf.Commands(d, "control_host_reboot_script")
 	if err != nil {
 		return o, err
 	}
-	for _, k := range []struct {
-		key string
-		dst *[][]string
-	}{{"control_host_reboot_script", &o.controlReboot}, {"post_provision_script", &o.postProvision}} {
-		lines, err := stringList(d, k.key)
-		if err != nil {
-			return o, err
-		}
-		if *k.dst, err = commands(lines, k.key); err != nil {
-			return o, err
-		}
-	}
-	for _, k := range []struct {
-		key string
-		def time.Duration
-		dst *time.Duration
-	}{
-		{"control_host_reboot_timeout", DefaultControlHostRebootTimeout, &o.controlRebootTimeout},
-		{"reboot_script_timeout", DefaultRebootScriptTimeout, &o.rebootScriptTimeout},
-		{"boot_timeout", DefaultBootTimeout, &o.bootTimeout},
-		{"boot_check_interval", DefaultBootCheckInterval, &o.bootCheckInterval},
-		{"control_retry_timeout", DefaultControlRetryTimeout, &o.controlRetry},
-		{"control_retry_interval", DefaultControlRetryInterval, &o.controlRetryInterval},
-		{"control_command_timeout", DefaultControlCommandTimeout, &o.controlTimeout},
-		{"flash_timeout", DefaultFlashTimeout, &o.flashTimeout},
-		{"partition_wait", DefaultPartitionWait, &o.partitionWait},
-	} {
-		v, err := duration(d, k.key, k.def)
-		if err != nil {
-			return o, err
-		}
-		if v <= 0 || v > MaxDuration {
-			return o, fmt.Errorf("%s: %s out of range (more than 0s, at most %s)", k.key, v, MaxDuration)
-		}
-		*k.dst = v
+	o.controlReboot = localcmd.Script{Key: "control_host_reboot_script", Cmds: controlReboot, Timeout: controlHostScriptTimeout}
+	if o.postProvision, err = devconf.Commands(d, "post_provision_script"); err != nil {
+		return o, err
 	}
 	mode, err := d.String("decompress", "")
 	if err != nil {
@@ -285,58 +270,6 @@ func parseOptions(cfg *drivers.DeviceConfig) (options, error) {
 		return o, err
 	}
 	return o, nil
-}
-
-// commands splits each line on white space, as Testflinger's cmd.split().
-func commands(lines []string, key string) ([][]string, error) {
-	var out [][]string
-	for i, l := range lines {
-		argv := strings.Fields(l)
-		if len(argv) == 0 {
-			return nil, fmt.Errorf("%s[%d]: empty command", key, i)
-		}
-		out = append(out, argv)
-	}
-	return out, nil
-}
-
-// stringList reads key as a list of strings, or a single string as a list
-// of one.
-func stringList(d events.Data, key string) ([]string, error) {
-	switch v := d[key].(type) {
-	case nil:
-		return nil, nil
-	case string:
-		if v == "" {
-			return nil, nil
-		}
-		return []string{v}, nil
-	case []string:
-		return v, nil
-	case []any:
-		out := make([]string, 0, len(v))
-		for i, e := range v {
-			s, ok := e.(string)
-			if !ok {
-				return nil, fmt.Errorf("%s[%d]: must be a string, got %s", key, i, events.TypeName(e))
-			}
-			out = append(out, s)
-		}
-		return out, nil
-	default:
-		return nil, fmt.Errorf("%s: must be a string or a list of strings, got %s", key, events.TypeName(v))
-	}
-}
-
-// duration reads a duration key: whole seconds, a Go duration ("500ms",
-// "1m30s") or a Flinger duration ("2h30m", "1d").
-func duration(d events.Data, key string, def time.Duration) (time.Duration, error) {
-	if s, ok := d[key].(string); ok {
-		if v, err := time.ParseDuration(s); err == nil {
-			return v, nil
-		}
-	}
-	return d.Duration(key, def)
 }
 
 // Provision writes the job's image to the device's storage and boots it
@@ -363,7 +296,7 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 		opts: opts,
 		run:  run,
 		dev:  dev,
-		out:  outOf(run),
+		out:  run.Output(),
 		log:  run.Logger().With("device", dev.Name, "type", Type),
 		pre:  d.PreProvision,
 	}
@@ -375,13 +308,6 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	return err
 }
 
-func outOf(run *drivers.Run) io.Writer {
-	if run.Out == nil {
-		return io.Discard
-	}
-	return run.Out
-}
-
 // provisioning is one run of Provision.
 type provisioning struct {
 	opts options
@@ -390,7 +316,7 @@ type provisioning struct {
 	out  io.Writer
 	log  *slog.Logger
 	pd   provisionData
-	ctl  *controlHost
+	ctl  *remote.Host
 	// pre is the pre-provision hook every connector runs first.
 	pre func(ctx context.Context, run *drivers.Run) error
 
@@ -416,7 +342,7 @@ func (p *provisioning) provision(ctx context.Context) (err error) {
 	if err := p.checkDevice(); err != nil {
 		return err
 	}
-	p.printf("Provisioning %s with %s", printable(p.dev.Name), printable(p.pd.src.String()))
+	p.printf("Provisioning %s with %s", display.Printable(p.dev.Name), display.Printable(p.pd.src.String()))
 	if err := p.pre(ctx, p.run); err != nil {
 		return err
 	}
@@ -425,11 +351,16 @@ func (p *provisioning) provision(ctx context.Context) (err error) {
 		return drivers.Recovery("%w", err)
 	}
 	cfg.DialTimeout = min(checkTimeout, p.opts.controlTimeout)
-	p.ctl = &controlHost{
-		cfg: cfg, name: hostKeyName, log: p.log,
-		retry: p.opts.controlRetry, interval: p.opts.controlRetryInterval, timeout: p.opts.controlTimeout,
+	// As Testflinger: every command is tried every control_retry_interval
+	// for control_retry_timeout (13 times, every 5 s for 60 s).
+	interval := p.opts.controlRetryInterval
+	p.ctl = &remote.Host{
+		Config: cfg, Name: hostKeyName, What: "the control host", Log: p.log,
+		Timeout:       p.opts.controlTimeout,
+		Backoff:       sshx.Backoff{Initial: interval, Max: interval, Multiplier: 1, Jitter: -1, Attempts: 1 + int(p.opts.controlRetry/interval)},
+		RetryTimeouts: true,
 	}
-	defer p.ctl.close()
+	defer p.ctl.Close()
 	defer func() { p.cleanup(ctx, err) }()
 
 	if p.opts.muxCLI == nil {
@@ -437,7 +368,7 @@ func (p *provisioning) provision(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	if _, err := p.ctl.connect(ctx); err != nil {
+	if _, err := p.ctl.Connect(ctx); err != nil {
 		return p.controlFailure("connecting to the control host", err)
 	}
 	if err := p.takeStorage(ctx); err != nil {
@@ -458,10 +389,10 @@ func (p *provisioning) provision(ctx context.Context) (err error) {
 		return err
 	}
 	p.printf("Booting the test image")
-	if len(p.opts.reboot) == 0 {
+	if p.opts.reboot.Empty() {
 		p.printf("Warning: reboot_script is not set: the device is not reset and must boot the new image by itself")
 	}
-	if err := hardReset(ctx, p.run, p.out, p.opts.reboot, p.opts.rebootScriptTimeout, "reboot_script"); err != nil {
+	if err := p.script(ctx, p.opts.reboot); err != nil {
 		return err
 	}
 	return p.waitForBoot(ctx)
@@ -470,14 +401,14 @@ func (p *provisioning) provision(ctx context.Context) (err error) {
 // checkDevice checks the device keys this job needs.
 func (p *provisioning) checkDevice() error {
 	if p.pd.media == "" && p.opts.testDevice == "" {
-		return drivers.Recovery("device %s: test_device is not configured (the block device the control host writes)", printable(p.dev.Name))
+		return drivers.Recovery("device %s: test_device is not configured (the block device the control host writes)", display.Printable(p.dev.Name))
 	}
 	if p.pd.media != "" && p.opts.muxCLI == nil {
 		return &drivers.ProvisioningError{Err: fmt.Errorf("provision_data.media %s needs a device whose control_switch_local_cmd drives a mux CLI (CLI sdwire|typecmux ...); device %s has %q",
-			p.pd.media, printable(p.dev.Name), strings.Join(p.opts.localCmd, " "))}
+			p.pd.media, display.Printable(p.dev.Name), strings.Join(p.opts.localCmd, " "))}
 	}
 	if p.dev.DeviceIP == "" {
-		return drivers.Recovery("device %s: device_ip is not configured (needed to check that the device booted)", printable(p.dev.Name))
+		return drivers.Recovery("device %s: device_ip is not configured (needed to check that the device booted)", display.Printable(p.dev.Name))
 	}
 	return nil
 }
@@ -485,9 +416,9 @@ func (p *provisioning) checkDevice() error {
 // controlFailure turns a control-host failure while doing what into the
 // phase's error: a host that cannot be reached is a recovery failure.
 func (p *provisioning) controlFailure(what string, err error) error {
-	var ue *unreachableError
+	var ue *remote.UnreachableError
 	if errors.As(err, &ue) {
-		return drivers.Recovery("%s: %w", what, err)
+		return drivers.Recovery("%s: the control host %s could not be reached: %w", what, p.ctl.Config.Addr, ue.Err)
 	}
 	return &drivers.ProvisioningError{Err: fmt.Errorf("%s: %w", what, err)}
 }
@@ -495,9 +426,9 @@ func (p *provisioning) controlFailure(what string, err error) error {
 // takeStorage switches the storage to the control host and sets p.target.
 func (p *provisioning) takeStorage(ctx context.Context) error {
 	if p.pd.media == "" {
-		p.printf("Switching the storage to the control host: %s", printable(strings.Join(p.opts.localCmd, " ")))
+		p.printf("Switching the storage to the control host: %s", display.Printable(strings.Join(p.opts.localCmd, " ")))
 		p.back = p.opts.deviceCmd
-		if _, err := p.ctl.run(ctx, p.opts.localCmd, runOpts{retryExit: true}); err != nil {
+		if _, err := p.ctl.Run(ctx, p.opts.localCmd, remote.RunOptions{RetryExit: true}); err != nil {
 			return p.switchFailure("control_switch_local_cmd", err)
 		}
 		p.target = p.opts.testDevice
@@ -510,10 +441,10 @@ func (p *provisioning) takeStorage(ctx context.Context) error {
 		chosen := mux == muxOf(p.pd.media)
 		argv := append(append([]string(nil), p.opts.muxCLI...), mux, "plug_to_self")
 		if chosen {
-			p.printf("Switching the %s to the control host: %s", mediaName(p.pd.media), printable(strings.Join(argv, " ")))
+			p.printf("Switching the %s to the control host: %s", mediaName(p.pd.media), display.Printable(strings.Join(argv, " ")))
 			p.back = append(append([]string(nil), p.opts.muxCLI...), mux, "set", "DUT")
 		}
-		out, err := p.ctl.run(ctx, argv, runOpts{retryExit: chosen})
+		out, err := p.ctl.Run(ctx, argv, remote.RunOptions{RetryExit: chosen})
 		switch {
 		case err != nil && chosen:
 			return p.switchFailure(strings.Join(argv, " "), err)
@@ -539,7 +470,7 @@ func (p *provisioning) switchFailure(what string, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	return drivers.Recovery("switching the storage (%s): %w", printable(what), err)
+	return drivers.Recovery("switching the storage (%s): %w", display.Printable(what), err)
 }
 
 // giveStorageBack switches the storage back to the device.
@@ -547,8 +478,8 @@ func (p *provisioning) giveStorageBack(ctx context.Context) error {
 	if p.back == nil {
 		return nil
 	}
-	p.printf("Switching the storage back to the device: %s", printable(strings.Join(p.back, " ")))
-	if _, err := p.ctl.run(ctx, p.back, runOpts{retryExit: true}); err != nil {
+	p.printf("Switching the storage back to the device: %s", display.Printable(strings.Join(p.back, " ")))
+	if _, err := p.ctl.Run(ctx, p.back, remote.RunOptions{RetryExit: true}); err != nil {
 		return p.switchFailure(strings.Join(p.back, " "), err)
 	}
 	p.back = nil
@@ -573,7 +504,7 @@ func (p *provisioning) cleanup(ctx context.Context, err error) {
 		return
 	}
 	p.printf("Handing the storage back to the device after: %v", err)
-	if _, berr := p.ctl.run(cctx, p.back, runOpts{retryExit: ctx.Err() == nil}); berr != nil {
+	if _, berr := p.ctl.Run(cctx, p.back, remote.RunOptions{RetryExit: ctx.Err() == nil}); berr != nil {
 		p.printf("Warning: could not switch the storage back to the device: %v", berr)
 		p.log.Warn("muxpi: storage not handed back", "err", berr)
 		return
@@ -585,8 +516,8 @@ func (p *provisioning) cleanup(ctx context.Context, err error) {
 // that fails is reported and the next one runs, as in Testflinger.
 func (p *provisioning) postProvision(ctx context.Context) {
 	for i, argv := range p.opts.postProvision {
-		p.printf("Running post_provision_script[%d] on the control host: %s", i, printable(strings.Join(argv, " ")))
-		if _, err := p.ctl.run(ctx, argv, runOpts{}); err != nil {
+		p.printf("Running post_provision_script[%d] on the control host: %s", i, display.Printable(strings.Join(argv, " ")))
+		if _, err := p.ctl.Run(ctx, argv, remote.RunOptions{}); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -619,13 +550,4 @@ func firstLine(s string) string {
 		}
 	}
 	return ""
-}
-
-// printable quotes s when it holds control characters, so that a job or
-// device value cannot forge lines of output.
-func printable(s string) string {
-	if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return fmt.Sprintf("%q", s)
-	}
-	return s
 }

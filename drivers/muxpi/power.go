@@ -6,57 +6,43 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os/exec"
 	"strings"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/display"
+	"github.com/flingerlab/flinger/drivers/localcmd"
+	"github.com/flingerlab/flinger/drivers/remote"
 	"github.com/flingerlab/flinger/drivers/sshx"
 )
 
-// hardReset runs a script of local commands (reboot_script,
-// control_host_reboot_script) on this machine, each split on white space
-// and run without a shell, in the run directory with the run's
-// environment, each within timeout. A command that fails or times out is
-// a recovery failure: the device's power control does not work.
-func hardReset(ctx context.Context, run *drivers.Run, w io.Writer, script [][]string, timeout time.Duration, key string) error {
-	for i, argv := range script {
-		fmt.Fprintf(w, "Running %s[%d]: %s\n", key, i, printable(strings.Join(argv, " ")))
-		cctx, cancel := context.WithTimeout(ctx, timeout)
-		cmd := exec.CommandContext(cctx, argv[0], argv[1:]...)
-		cmd.Dir = run.Dir
-		cmd.Env = run.Env
-		cmd.Stdout, cmd.Stderr = w, w
-		cmd.WaitDelay = waitDelay
-		err := cmd.Run()
-		timedOut := errors.Is(cctx.Err(), context.DeadlineExceeded)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return fmt.Errorf("%s[%d]: %w", key, i, ctx.Err())
-		case timedOut:
-			return drivers.Recovery("%s[%d] %s timed out after %s", key, i, printable(argv[0]), timeout)
-		case err != nil:
-			return drivers.Recovery("%s[%d] %s failed: %w", key, i, printable(argv[0]), err)
-		}
+// script runs a script of local commands (reboot_script,
+// control_host_reboot_script; see package localcmd). A command that fails
+// or times out is a recovery failure: the device's power control does not
+// work.
+func (p *provisioning) script(ctx context.Context, s localcmd.Script) error {
+	err := localcmd.Runner{Dir: p.run.Dir, Env: p.run.Env, Out: p.out}.Run(ctx, s)
+	var le *localcmd.Error
+	if errors.As(err, &le) {
+		return drivers.Recovery("%w", err)
 	}
-	return nil
+	return err
 }
 
 // bootID returns the control host's boot_id, or "" when it cannot be read.
 func (p *provisioning) bootID(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	c, err := p.ctl.client(ctx)
+	c, err := p.ctl.Client(ctx)
 	if err != nil {
 		return ""
 	}
-	var out limitedBuffer
-	if _, err := c.Run(ctx, []string{"cat", "/proc/sys/kernel/random/boot_id"}, &out, nil); err != nil {
-		p.ctl.drop(c)
+	out, err := remote.Output(ctx, c, []string{"cat", "/proc/sys/kernel/random/boot_id"})
+	if err != nil {
+		p.ctl.Drop(c)
 		return ""
 	}
-	return strings.TrimSpace(out.String())
+	return strings.TrimSpace(out)
 }
 
 // rebootControlHost reboots the control host and the device so that the
@@ -64,18 +50,18 @@ func (p *provisioning) bootID(ctx context.Context) string {
 // for the control host to come back: its boot_id must change, or, when it
 // could not be read before, the host must answer.
 func (p *provisioning) rebootControlHost(ctx context.Context) error {
-	if len(p.opts.controlReboot) == 0 {
+	if p.opts.controlReboot.Empty() {
 		p.printf("control_host_reboot_script is not set: not rebooting the control host")
 		return nil
 	}
 	before := p.bootID(ctx)
-	p.ctl.close()
+	p.ctl.Close()
 	p.printf("Rebooting the control host")
-	if err := hardReset(ctx, p.run, p.out, p.opts.controlReboot, controlHostScriptTimeout, "control_host_reboot_script"); err != nil {
+	if err := p.script(ctx, p.opts.controlReboot); err != nil {
 		return err
 	}
 	p.printf("Rebooting the device")
-	if err := hardReset(ctx, p.run, p.out, p.opts.reboot, p.opts.rebootScriptTimeout, "reboot_script"); err != nil {
+	if err := p.script(ctx, p.opts.reboot); err != nil {
 		return err
 	}
 	p.printf("Waiting up to %s for the control host to come back", p.opts.controlRebootTimeout)
@@ -86,8 +72,8 @@ func (p *provisioning) rebootControlHost(ctx context.Context) error {
 		id := p.bootID(ctx)
 		switch {
 		case id == "" && before == "":
-			if _, err := p.ctl.client(ctx); err != nil {
-				if permanentDialError(err) {
+			if _, err := p.ctl.Client(ctx); err != nil {
+				if remote.IsPermanentDialError(err) {
 					return sshx.Permanent(err)
 				}
 				return err
@@ -96,7 +82,7 @@ func (p *provisioning) rebootControlHost(ctx context.Context) error {
 		case id == "":
 			return errors.New("the control host does not answer yet")
 		case id == before:
-			p.ctl.close()
+			p.ctl.Close()
 			return errors.New("the control host has not rebooted yet")
 		}
 		return nil
@@ -106,7 +92,7 @@ func (p *provisioning) rebootControlHost(ctx context.Context) error {
 			return err
 		}
 		return drivers.Recovery("the control host %s did not come back within control_host_reboot_timeout (%s) of control_host_reboot_script: %w",
-			p.ctl.cfg.Addr, p.opts.controlRebootTimeout, err)
+			p.ctl.Config.Addr, p.opts.controlRebootTimeout, err)
 	}
 	p.printf("The control host is back")
 	return nil
@@ -122,7 +108,7 @@ func (p *provisioning) waitForBoot(ctx context.Context) error {
 	what := ""
 	if p.pd.bootCheckURL != "" {
 		u := strings.ReplaceAll(p.pd.bootCheckURL, "$DEVICE_IP", p.dev.DeviceIP)
-		what = "boot_check_url " + printable(u) + " to answer 200"
+		what = "boot_check_url " + display.Printable(u) + " to answer 200"
 		check = func(ctx context.Context) error { return httpCheck(ctx, u) }
 	} else {
 		cfg, err := p.dev.SSHSettings().DeviceConfig(p.dev, p.run.Job, p.log)
@@ -130,11 +116,10 @@ func (p *provisioning) waitForBoot(ctx context.Context) error {
 			return drivers.Recovery("%w", err)
 		}
 		cfg.DialTimeout = min(checkTimeout, p.opts.bootTimeout)
-		what = fmt.Sprintf("%s@%s to accept an ssh login", printable(cfg.User), cfg.Addr)
+		what = fmt.Sprintf("%s@%s to accept an ssh login", display.Printable(cfg.User), cfg.Addr)
 		check = func(ctx context.Context) error {
 			err := sshCheck(ctx, cfg, p.dev.Name)
-			var changed *sshx.HostKeyChangedError
-			if errors.As(err, &changed) || errors.Is(err, sshx.ErrUnknownHost) {
+			if sshx.IsHostKeyError(err) {
 				return sshx.Permanent(err)
 			}
 			return err
@@ -166,9 +151,8 @@ func (p *provisioning) waitForBoot(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return err
 	}
-	var changed *sshx.HostKeyChangedError
 	switch {
-	case errors.As(err, &changed) || errors.Is(err, sshx.ErrUnknownHost):
+	case sshx.IsHostKeyError(err):
 		return &drivers.ProvisioningError{Err: fmt.Errorf("checking that the device booted: %w", err)}
 	case errors.Is(last, sshx.ErrAuth):
 		return &drivers.ProvisioningError{Err: fmt.Errorf("the device booted but refuses the login as %s (did the image get its test user? create_user: false needs an image that has one): %w",
@@ -183,7 +167,7 @@ func (p *provisioning) waitForBoot(ctx context.Context) error {
 // testUser names the user the boot check logs in as.
 func (p *provisioning) testUser() string {
 	user, _ := drivers.TestCredentials(p.run.Job)
-	return printable(user)
+	return display.Printable(user)
 }
 
 // sshCheck logs in to the device and runs /bin/true.

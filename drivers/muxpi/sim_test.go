@@ -3,7 +3,6 @@ package muxpi_test
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -21,8 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/flingerlab/flinger/drivers"
@@ -59,7 +56,7 @@ var fast = events.Data{
 
 var (
 	deviceSeq atomic.Int64
-	rigs      sync.Map // *drivers.DeviceConfig -> *muxpisim.Rig
+	rigs      drivertest.Rigs[*muxpisim.Rig]
 )
 
 // testImage is the image most scenarios write.
@@ -103,20 +100,15 @@ func device(t *testing.T, o rigOpts) (*muxpisim.Rig, *drivers.DeviceConfig) {
 		DeviceIP: raw["device_ip"].(string), SSHPort: port,
 		ControlHost: raw["control_host"].(string), ControlUser: raw["control_user"].(string),
 		RebootScript: []string{rig.RebootScript()}, Raw: raw,
-		SSH: &drivers.SSHSettings{HostKeys: drivers.HostKeysTOFU, HostKeyDir: t.TempDir()},
+		SSH: drivertest.TOFU(t),
 	}
-	rigs.Store(cfg, rig)
-	t.Cleanup(func() { rigs.Delete(cfg) })
+	rigs.Add(t, cfg, rig)
 	return rig, cfg
 }
 
 func rigOf(t *testing.T, cfg *drivers.DeviceConfig) *muxpisim.Rig {
 	t.Helper()
-	r, ok := rigs.Load(cfg)
-	if !ok {
-		t.Fatal("no rig for this device")
-	}
-	return r.(*muxpisim.Rig)
+	return rigs.Of(t, cfg)
 }
 
 func newDriver(t *testing.T, cfg *drivers.DeviceConfig) drivers.Driver {
@@ -126,73 +118,6 @@ func newDriver(t *testing.T, cfg *drivers.DeviceConfig) drivers.Driver {
 		t.Fatal(err)
 	}
 	return d
-}
-
-// imageServer serves compressed images and counts the GETs of each path.
-type imageServer struct {
-	*httptest.Server
-	mu    sync.Mutex
-	files map[string][]byte
-	gets  map[string]int
-}
-
-func newImageServer(t *testing.T) *imageServer {
-	s := &imageServer{files: map[string][]byte{}, gets: map[string]int{}}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		b, ok := s.files[r.URL.Path]
-		if r.Method == http.MethodGet {
-			s.gets[r.URL.Path]++
-		}
-		s.mu.Unlock()
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		http.ServeContent(w, r, r.URL.Path, time.Time{}, bytes.NewReader(b))
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-// add serves b at path and returns its URL.
-func (s *imageServer) add(path string, b []byte) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.files[path] = b
-	return s.URL + path
-}
-
-func (s *imageServer) getsOf(path string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.gets[path]
-}
-
-func zstdOf(t testing.TB, b []byte) []byte {
-	t.Helper()
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer enc.Close()
-	return enc.EncodeAll(b, nil)
-}
-
-func xzOf(t testing.TB, b []byte) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	w, err := xz.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
 }
 
 func job(pd events.Data) *events.Job {
@@ -262,12 +187,11 @@ func bootServer(t *testing.T) *httptest.Server {
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		name := strings.TrimPrefix(r.URL.Path, "/boot/")
 		up := false
-		rigs.Range(func(k, v any) bool {
-			if k.(*drivers.DeviceConfig).Name == name && v.(*muxpisim.Rig).DUT.State() == sim.Up {
+		for cfg, rig := range rigs.All() {
+			if cfg.Name == name && rig.DUT.State() == sim.Up {
 				up = true
 			}
-			return true
-		})
+		}
 		if !up || r.URL.Path == "/boot/never" {
 			http.Error(w, "not up", http.StatusServiceUnavailable)
 			return
@@ -280,15 +204,7 @@ func bootServer(t *testing.T) *httptest.Server {
 
 // keyServer serves a public key for every user, for reserve_data.ssh_keys.
 func keyServer(t *testing.T) *httptest.Server {
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	line := ssh.MarshalAuthorizedKey(sp)
+	line := ssh.MarshalAuthorizedKey(drivertest.RandomHostKey(t))
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(line) }))
 	t.Cleanup(s.Close)
 	return s
@@ -297,18 +213,18 @@ func keyServer(t *testing.T) *httptest.Server {
 // TestScenarios runs the muxpi driver's outcomes through the driver and
 // the connector command line.
 func TestScenarios(t *testing.T) {
-	images := newImageServer(t)
-	imgURL := images.add("/noble.img.zst", zstdOf(t, testImage.Bytes()))
+	images := drivertest.StartImageServer(t, nil)
+	imgURL := images.Add("/noble.img.zst", drivertest.Compress(t, "zst", testImage.Bytes()))
 	usbImage := sim.Image{OSRelease: sim.UbuntuRelease("25.10", "questing"), Kind: "ubuntu", Size: 1 << 20, Seed: 9}
-	usbURL := images.add("/questing.img.zst", zstdOf(t, usbImage.Bytes()))
-	corrupt := zstdOf(t, testImage.Bytes())
+	usbURL := images.Add("/questing.img.zst", drivertest.Compress(t, "zst", usbImage.Bytes()))
+	corrupt := drivertest.Compress(t, "zst", testImage.Bytes())
 	corrupt = append(corrupt[:len(corrupt)/2:len(corrupt)/2], bytes.Repeat([]byte{0xA5}, 4096)...)
-	corruptURL := images.add("/corrupt.img.zst", corrupt)
+	corruptURL := images.Add("/corrupt.img.zst", corrupt)
 	noise := make([]byte, 1<<20)
 	_, _ = rand.Read(noise)
-	noiseURL := images.add("/notadisk.img.zst", zstdOf(t, noise))
+	noiseURL := images.Add("/notadisk.img.zst", drivertest.Compress(t, "zst", noise))
 	slowImage := sim.Image{OSRelease: testImage.OSRelease, Kind: "ubuntu", Size: 3 << 20, Seed: 5}
-	slowURL := images.add("/slow.img.zst", zstdOf(t, slowImage.Bytes()))
+	slowURL := images.Add("/slow.img.zst", drivertest.Compress(t, "zst", slowImage.Bytes()))
 	boot := bootServer(t)
 	_, bootPort, _ := net.SplitHostPort(strings.TrimPrefix(boot.URL, "http://"))
 	keys := keyServer(t)
@@ -454,7 +370,7 @@ func TestProvisionFromAttachment(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "noble.img.xz"), xzOf(t, testImage.Bytes()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "noble.img.xz"), drivertest.Compress(t, "xz", testImage.Bytes()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var last atomic.Int64
@@ -481,8 +397,8 @@ func TestProvisionFromAttachment(t *testing.T) {
 func TestSharedCacheDownloadsOnce(t *testing.T) {
 	t.Parallel()
 	const n = 5
-	images := newImageServer(t)
-	url := images.add("/shared.img.zst", zstdOf(t, testImage.Bytes()))
+	images := drivertest.StartImageServer(t, nil)
+	url := images.Add("/shared.img.zst", drivertest.Compress(t, "zst", testImage.Bytes()))
 	cache, err := image.NewCache(t.TempDir(), 0, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -508,7 +424,7 @@ func TestSharedCacheDownloadsOnce(t *testing.T) {
 		}
 		checkBooted(muxpisim.MediaSD, testImage)(t, cfgs[i], "", nil)
 	}
-	if got := images.getsOf("/shared.img.zst"); got != 1 {
+	if got := images.Gets("/shared.img.zst"); got != 1 {
 		t.Errorf("the image was downloaded %d times for %d devices, want once", got, n)
 	}
 }
@@ -517,9 +433,9 @@ func TestSharedCacheDownloadsOnce(t *testing.T) {
 // returns promptly with the context's error and the card is handed back.
 func TestCancelMidWrite(t *testing.T) {
 	t.Parallel()
-	images := newImageServer(t)
+	images := drivertest.StartImageServer(t, nil)
 	big := sim.Image{OSRelease: testImage.OSRelease, Kind: "ubuntu", Size: 8 << 20, Seed: 11}
-	url := images.add("/big.img.zst", zstdOf(t, big.Bytes()))
+	url := images.Add("/big.img.zst", drivertest.Compress(t, "zst", big.Bytes()))
 	rig, cfg := device(t, rigOpts{faults: muxpisim.Faults{WriteRate: 1 << 20}})
 	run, out := drivertest.NewRun(t, cfg, job(events.Data{"url": url}))
 	ctx, cancel := context.WithCancel(t.Context())
@@ -562,7 +478,7 @@ func TestCancelMidWrite(t *testing.T) {
 // and checks the files that create the test user.
 func TestImageTypes(t *testing.T) {
 	t.Parallel()
-	images := newImageServer(t)
+	images := drivertest.StartImageServer(t, nil)
 	release := func(v, c string) string { return sim.UbuntuRelease(v, c) }
 	for _, tc := range []struct {
 		kind, osRelease, detected string
@@ -605,7 +521,7 @@ func TestImageTypes(t *testing.T) {
 				osr = release("24.04", "noble")
 			}
 			im := sim.Image{OSRelease: osr, Kind: tc.kind, Size: 256 << 10, Seed: 1}
-			url := images.add("/"+strconv.Itoa(int(deviceSeq.Add(1)))+".img.zst", zstdOf(t, im.Bytes()))
+			url := images.Add("/"+strconv.Itoa(int(deviceSeq.Add(1)))+".img.zst", drivertest.Compress(t, "zst", im.Bytes()))
 			rig, cfg := device(t, rigOpts{})
 			run, out := drivertest.NewRun(t, cfg, job(events.Data{"url": url}))
 			if err := newDriver(t, cfg).Provision(t.Context(), run); err != nil {
@@ -647,10 +563,11 @@ func TestImageTypes(t *testing.T) {
 // TestWriteOutput checks what the operator reads about the write.
 func TestWriteOutput(t *testing.T) {
 	t.Parallel()
-	images := newImageServer(t)
+	images := drivertest.StartImageServer(t, nil)
 	raw := testImage.Bytes()
-	sum := sha256.Sum256(zstdOf(t, raw))
-	url := images.add("/out.img.zst", zstdOf(t, raw))
+	compressed := drivertest.Compress(t, "zst", raw)
+	sum := sha256.Sum256(compressed)
+	url := images.Add("/out.img.zst", compressed)
 	_, cfg := device(t, rigOpts{keys: events.Data{"post_provision_script": []any{"true", "false"}}})
 	run, out := drivertest.NewRun(t, cfg, job(events.Data{"url": url, "sha256": hex.EncodeToString(sum[:])}))
 	if err := newDriver(t, cfg).Provision(t.Context(), run); err != nil {

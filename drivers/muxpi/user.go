@@ -13,6 +13,8 @@ import (
 	"unicode"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/display"
+	"github.com/flingerlab/flinger/drivers/remote"
 )
 
 // The image types Testflinger's muxpi connector tells apart.
@@ -107,18 +109,18 @@ func (p *provisioning) createUser(ctx context.Context) error {
 	for _, part := range parts {
 		mp := root + "/" + part.label
 		node := "/dev/" + part.name
-		if _, err := p.ctl.run(ctx, []string{"sudo", "mkdir", "-p", mp}, runOpts{}); err != nil {
+		if _, err := p.ctl.Run(ctx, []string{"sudo", "mkdir", "-p", mp}, remote.RunOptions{}); err != nil {
 			if e := p.fatal(ctx, err); e != nil {
 				return e
 			}
-			p.printf("Warning: cannot create the mount point %s: %v", printable(mp), err)
+			p.printf("Warning: cannot create the mount point %s: %v", display.Printable(mp), err)
 			continue
 		}
-		if _, err := p.ctl.run(ctx, []string{"sudo", "mount", node, mp}, runOpts{}); err != nil {
+		if _, err := p.ctl.Run(ctx, []string{"sudo", "mount", node, mp}, remote.RunOptions{}); err != nil {
 			if e := p.fatal(ctx, err); e != nil {
 				return e
 			}
-			p.printf("Warning: cannot mount %s (%s): %v", node, printable(part.label), err)
+			p.printf("Warning: cannot mount %s (%s): %v", node, display.Printable(part.label), err)
 			continue
 		}
 		p.mounts = append(p.mounts, mp)
@@ -144,8 +146,7 @@ func (p *provisioning) createUser(ctx context.Context) error {
 // fatal returns the error to stop at when err, from a step that may fail,
 // means the control host is gone or the phase was cancelled.
 func (p *provisioning) fatal(ctx context.Context, err error) error {
-	var ue *unreachableError
-	if ctx.Err() != nil || errors.As(err, &ue) {
+	if ctx.Err() != nil || remote.IsUnreachable(err) {
 		return p.controlFailure("preparing the new image", err)
 	}
 	return nil
@@ -157,7 +158,7 @@ func (p *provisioning) unmountAll(ctx context.Context) error {
 	for len(p.mounts) > 0 {
 		mp := p.mounts[len(p.mounts)-1]
 		p.mounts = p.mounts[:len(p.mounts)-1]
-		if _, err := p.ctl.run(ctx, []string{"sudo", "umount", mp}, runOpts{retryExit: ctx.Err() == nil}); err != nil {
+		if _, err := p.ctl.Run(ctx, []string{"sudo", "umount", mp}, remote.RunOptions{RetryExit: ctx.Err() == nil}); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -217,9 +218,8 @@ func ceOEMIoT(info string) string {
 // readFile returns a file of the control host, or "" when it cannot be
 // read (it does not exist).
 func (p *provisioning) readFile(ctx context.Context, file string) (string, error) {
-	out, err := p.ctl.run(ctx, []string{"sudo", "cat", file}, runOpts{})
-	var ce *commandError
-	if errors.As(err, &ce) {
+	out, err := p.ctl.Run(ctx, []string{"sudo", "cat", file}, remote.RunOptions{})
+	if remote.IsExit(err) {
 		return "", nil
 	}
 	return out, err
@@ -228,9 +228,8 @@ func (p *provisioning) readFile(ctx context.Context, file string) (string, error
 // list returns the entries of a directory of the control host, none when
 // it cannot be listed.
 func (p *provisioning) list(ctx context.Context, dir string) ([]string, error) {
-	out, err := p.ctl.run(ctx, []string{"sudo", "ls", "-1", dir}, runOpts{})
-	var ce *commandError
-	if errors.As(err, &ce) {
+	out, err := p.ctl.Run(ctx, []string{"sudo", "ls", "-1", dir}, remote.RunOptions{})
+	if remote.IsExit(err) {
 		return nil, nil
 	}
 	if err != nil {
@@ -247,9 +246,8 @@ func (p *provisioning) list(ctx context.Context, dir string) ([]string, error) {
 
 // exists reports whether a path exists on the control host.
 func (p *provisioning) exists(ctx context.Context, file string) (bool, error) {
-	_, err := p.ctl.run(ctx, []string{"sudo", "test", "-e", file}, runOpts{})
-	var ce *commandError
-	if errors.As(err, &ce) {
+	_, err := p.ctl.Run(ctx, []string{"sudo", "test", "-e", file}, remote.RunOptions{})
+	if remote.IsExit(err) {
 		return false, nil
 	}
 	return err == nil, err
@@ -258,10 +256,10 @@ func (p *provisioning) exists(ctx context.Context, file string) (bool, error) {
 // putFile writes content to a file of the control host with sudo tee,
 // the content on standard input, and sets its mode.
 func (p *provisioning) putFile(ctx context.Context, file string, content []byte, mode os.FileMode) error {
-	if _, err := p.ctl.run(ctx, []string{"sudo", "tee", file}, runOpts{stdin: content}); err != nil {
+	if _, err := p.ctl.Run(ctx, []string{"sudo", "tee", file}, remote.RunOptions{Stdin: content}); err != nil {
 		return fmt.Errorf("writing %s: %w", file, err)
 	}
-	if _, err := p.ctl.run(ctx, []string{"sudo", "chmod", fmt.Sprintf("%04o", mode.Perm()), file}, runOpts{}); err != nil {
+	if _, err := p.ctl.Run(ctx, []string{"sudo", "chmod", fmt.Sprintf("%04o", mode.Perm()), file}, remote.RunOptions{}); err != nil {
 		return fmt.Errorf("setting the mode of %s: %w", file, err)
 	}
 	return nil
@@ -269,7 +267,7 @@ func (p *provisioning) putFile(ctx context.Context, file string, content []byte,
 
 // mkdir creates a directory of the control host and its parents.
 func (p *provisioning) mkdir(ctx context.Context, dir string) error {
-	if _, err := p.ctl.run(ctx, []string{"sudo", "mkdir", "-p", dir}, runOpts{}); err != nil {
+	if _, err := p.ctl.Run(ctx, []string{"sudo", "mkdir", "-p", dir}, remote.RunOptions{}); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
 	return nil
@@ -286,7 +284,7 @@ func (p *provisioning) removeMatching(ctx context.Context, dir, pattern string) 
 		if ok, _ := path.Match(pattern, n); !ok {
 			continue
 		}
-		if _, err := p.ctl.run(ctx, []string{"sudo", "rm", "-f", dir + "/" + n}, runOpts{}); err != nil {
+		if _, err := p.ctl.Run(ctx, []string{"sudo", "rm", "-f", dir + "/" + n}, remote.RunOptions{}); err != nil {
 			return fmt.Errorf("removing %s/%s: %w", dir, n, err)
 		}
 	}
@@ -451,7 +449,7 @@ func (p *provisioning) installPiDesktop(ctx context.Context, writable string) er
 		return err
 	}
 	nm := writable + "/etc/systemd/system/multi-user.target.wants/NetworkManager.service"
-	if _, err := p.ctl.run(ctx, []string{"sudo", "cp", "-a", nm, wants + "/"}, runOpts{}); err != nil {
+	if _, err := p.ctl.Run(ctx, []string{"sudo", "cp", "-a", nm, wants + "/"}, remote.RunOptions{}); err != nil {
 		return fmt.Errorf("enabling NetworkManager for oem-config: %w", err)
 	}
 	return p.configureSudo(ctx)

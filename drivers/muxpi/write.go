@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/flash"
 	"github.com/flingerlab/flinger/drivers/image"
+	"github.com/flingerlab/flinger/drivers/remote"
 )
 
 // blockDevice is a device in lsblk's JSON output.
@@ -30,7 +32,7 @@ var kernelName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 // lsblk returns the target device as lsblk describes it, with its
 // partitions as children.
 func (p *provisioning) lsblk(ctx context.Context) (blockDevice, error) {
-	out, err := p.ctl.run(ctx, []string{"lsblk", "-J", "-o", "NAME,LABEL,MOUNTPOINT", p.target}, runOpts{})
+	out, err := p.ctl.Run(ctx, []string{"lsblk", "-J", "-o", "NAME,LABEL,MOUNTPOINT", p.target}, remote.RunOptions{})
 	if err != nil {
 		return blockDevice{}, err
 	}
@@ -59,8 +61,8 @@ func (p *provisioning) unmountTarget(ctx context.Context) {
 			continue
 		}
 		node := "/dev/" + b.Name
-		p.printf("Unmounting %s from %s", node, printable(*b.Mountpoint))
-		if _, err := p.ctl.run(ctx, []string{"sudo", "umount", node}, runOpts{}); err != nil {
+		p.printf("Unmounting %s from %s", node, display.Printable(*b.Mountpoint))
+		if _, err := p.ctl.Run(ctx, []string{"sudo", "umount", node}, remote.RunOptions{}); err != nil {
 			p.log.Info("muxpi: unmount failed", "device", node, "err", err)
 		}
 	}
@@ -70,11 +72,11 @@ func (p *provisioning) unmountTarget(ctx context.Context) {
 // partition table.
 func (p *provisioning) write(ctx context.Context) error {
 	p.unmountTarget(ctx)
-	c, err := p.ctl.connect(ctx)
+	c, err := p.ctl.Connect(ctx)
 	if err != nil {
 		return p.controlFailure("connecting to the control host to write the image", err)
 	}
-	p.printf("Writing %s to %s on the control host", printable(p.pd.src.String()), p.target)
+	p.printf("Writing %s to %s on the control host", display.Printable(p.pd.src.String()), p.target)
 	pr := &progressPrinter{run: p.run, w: p.out, start: time.Now()}
 	fctx, cancel := context.WithTimeout(ctx, p.opts.flashTimeout)
 	defer cancel()
@@ -91,7 +93,7 @@ func (p *provisioning) write(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return err
 		}
-		p.ctl.drop(c) // the connection may be what failed
+		p.ctl.Drop(c) // the connection may be what failed
 		if fctx.Err() != nil {
 			return &drivers.ProvisioningError{Err: fmt.Errorf("writing the image to %s did not finish within flash_timeout (%s): %w", p.target, p.opts.flashTimeout, err)}
 		}
@@ -101,21 +103,21 @@ func (p *provisioning) write(ctx context.Context) error {
 	if res.FromCache {
 		from = ", from the lab host's image cache"
 	}
-	p.printf("Wrote %s to %s in %s (%s image of %s%s)", humanBytes(res.BytesOut), p.target,
-		res.Elapsed.Round(100*time.Millisecond), res.Format, humanBytes(res.BytesIn), from)
+	p.printf("Wrote %s to %s in %s (%s image of %s%s)", display.Bytes(res.BytesOut), p.target,
+		res.Elapsed.Round(100*time.Millisecond), res.Format, display.Bytes(res.BytesIn), from)
 
 	// The new image has a new host key: forget the one recorded.
 	if err := p.dev.SSHSettings().Policy().Reset(p.dev.Name); err != nil {
 		p.log.Warn("muxpi: could not forget the device's host key", "err", err)
 		p.printf("Warning: could not forget the device's recorded ssh host key: %v", err)
 	}
-	if _, err := p.ctl.run(ctx, []string{"sync"}, runOpts{retryExit: true}); err != nil {
+	if _, err := p.ctl.Run(ctx, []string{"sync"}, remote.RunOptions{RetryExit: true}); err != nil {
 		if ctx.Err() != nil {
 			return err
 		}
 		p.printf("Warning: sync failed on the control host: %v", err)
 	}
-	if _, err := p.ctl.run(ctx, []string{"sudo", "hdparm", "-z", p.target}, runOpts{timeout: hdparmTimeout}); err != nil {
+	if _, err := p.ctl.Run(ctx, []string{"sudo", "hdparm", "-z", p.target}, remote.RunOptions{Timeout: hdparmTimeout}); err != nil {
 		if ctx.Err() != nil {
 			return err
 		}
@@ -156,27 +158,13 @@ func (pp *progressPrinter) report(pr image.Progress) {
 		return
 	}
 	pp.last = now
-	in := humanBytes(pr.BytesIn)
+	in := display.Bytes(pr.BytesIn)
 	if pr.Total > 0 {
-		in += fmt.Sprintf(" of %s (%d%%)", humanBytes(pr.Total), pr.BytesIn*100/pr.Total)
+		in += fmt.Sprintf(" of %s (%d%%)", display.Bytes(pr.Total), pr.BytesIn*100/pr.Total)
 	}
 	written := ""
 	if pr.BytesOut > 0 {
-		written = fmt.Sprintf(", %s written", humanBytes(pr.BytesOut))
+		written = fmt.Sprintf(", %s written", display.Bytes(pr.BytesOut))
 	}
-	fmt.Fprintf(pp.w, "  ... %s of the image read%s, %s/s\n", in, written, humanBytes(int64(pr.Rate)))
-}
-
-// humanBytes formats n bytes for people: 1.5 GiB.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+	fmt.Fprintf(pp.w, "  ... %s of the image read%s, %s/s\n", in, written, display.Bytes(int64(pr.Rate)))
 }

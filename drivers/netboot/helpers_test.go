@@ -6,17 +6,12 @@ import (
 	"io"
 	"maps"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
-
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/drivertest"
 	"github.com/flingerlab/flinger/drivers/netboot"
 	"github.com/flingerlab/flinger/drivers/sim"
 	"github.com/flingerlab/flinger/drivers/sim/netbootsim"
@@ -37,74 +32,26 @@ var (
 func imageFiles(t testing.TB) map[string][]byte {
 	imageOnce.Do(func() {
 		raw := newImage.Bytes()
-		x := xzOf(t, raw)
+		x := drivertest.Compress(t, "xz", raw)
 		corrupt := bytes.Clone(x)
 		for i := len(corrupt) / 2; i < len(corrupt)/2+256; i++ {
 			corrupt[i] ^= 0xa5
 		}
 		files = map[string][]byte{
 			"/new.img.xz":   x,
-			"/new.img.zst":  zstdOf(t, raw),
+			"/new.img.zst":  drivertest.Compress(t, "zst", raw),
 			"/new.img":      raw,
 			"/corrupt.xz":   corrupt,
 			"/disk.qcow2":   append([]byte("QFI\xfb\x00\x00\x00\x03"), make([]byte, 64<<10)...),
-			"/qcow2.img.xz": xzOf(t, append([]byte("QFI\xfb\x00\x00\x00\x03"), make([]byte, 64<<10)...)),
+			"/qcow2.img.xz": drivertest.Compress(t, "xz", append([]byte("QFI\xfb\x00\x00\x00\x03"), make([]byte, 64<<10)...)),
 		}
 	})
 	return files
 }
 
-func xzOf(t testing.TB, b []byte) []byte {
-	var buf bytes.Buffer
-	w, err := xz.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-func zstdOf(t testing.TB, b []byte) []byte {
-	var buf bytes.Buffer
-	w, err := zstd.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-// imageServer serves imageFiles over HTTP (404 for anything else) and
-// counts the requests.
-type imageServer struct {
-	*httptest.Server
-	requests atomic.Int64
-}
-
-func startImageServer(t testing.TB) *imageServer {
-	fs := imageFiles(t)
-	s := &imageServer{}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.requests.Add(1)
-		b, ok := fs[r.URL.Path]
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		http.ServeContent(w, r, r.URL.Path, time.Time{}, bytes.NewReader(b))
-	}))
-	t.Cleanup(s.Close)
-	return s
+// startImageServer serves imageFiles over HTTP.
+func startImageServer(t testing.TB) *drivertest.ImageServer {
+	return drivertest.StartImageServer(t, imageFiles(t))
 }
 
 // fast are the device keys that make a simulated device quick to drive.
@@ -120,15 +67,11 @@ var fast = events.Data{
 }
 
 // rigs finds the simulated device of a configuration.
-var rigs sync.Map // *drivers.DeviceConfig → *netbootsim.Rig
+var rigs drivertest.Rigs[*netbootsim.Rig]
 
 func rigOf(t *testing.T, cfg *drivers.DeviceConfig) *netbootsim.Rig {
 	t.Helper()
-	r, ok := rigs.Load(cfg)
-	if !ok {
-		t.Fatal("no simulated device for this configuration")
-	}
-	return r.(*netbootsim.Rig)
+	return rigs.Of(t, cfg)
 }
 
 // startRig starts a simulated netboot device and returns it with the
@@ -170,9 +113,9 @@ func startRig(t *testing.T, opts netbootsim.Options, raw events.Data) (*netboots
 	cfg := &drivers.DeviceConfig{
 		Name: opts.Name, Type: netboot.Type, Queues: []string{"netboot"},
 		DeviceIP: r.DeviceIP(), SSHPort: port, RebootScript: reboot, Raw: rawCfg,
-		SSH: &drivers.SSHSettings{HostKeys: drivers.HostKeysTOFU, HostKeyDir: t.TempDir()},
+		SSH: drivertest.TOFU(t),
 	}
-	rigs.Store(cfg, r)
+	rigs.Add(t, cfg, r)
 	return r, cfg
 }
 

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flingerlab/flinger/drivers/display"
 )
 
 // maxAnswer bounds how much of an imager's answer is read.
@@ -172,5 +174,5 @@ func summary(body string) string {
 	if s == "" {
 		return "(empty answer)"
 	}
-	return quote(s)
+	return display.Printable(s)
 }

@@ -9,28 +9,11 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/flingerlab/flinger/drivers/drivertest"
 )
-
-// syncBuffer is an io.Writer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestOneShotRefusesOtherAddresses checks that the image server closes a
 // connection from an address other than the device's, keeps waiting, serves
@@ -42,7 +25,7 @@ func TestOneShotRefusesOtherAddresses(t *testing.T) {
 		t.Fatal(err)
 	}
 	device := netip.MustParseAddr("127.0.0.2")
-	var out syncBuffer
+	var out drivertest.Output
 	payload := []byte("the image")
 	srv := serveOnce(t.Context(), ln, []netip.Addr{device}, func(_ context.Context, w io.Writer) sent {
 		n, err := w.Write(payload)

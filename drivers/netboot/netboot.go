@@ -135,13 +135,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"net/url"
 	"strings"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/devconf"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/image"
-	"github.com/flingerlab/flinger/events"
+	"github.com/flingerlab/flinger/drivers/localcmd"
 )
 
 // Type is the connector type of this driver, as in Testflinger.
@@ -192,11 +193,10 @@ type options struct {
 	imagerPort   int
 	serveAddress netip.Addr // zero: the route's local address
 
-	selectMaster, selectTest, postFlash, reboot [][]string
+	selectMaster, selectTest, postFlash, reboot localcmd.Script
 
 	masterBootTimeout, bootTimeout, interval, writeTimeout time.Duration
 	imagerTimeout, shutdownTimeout                         time.Duration
-	scriptTimeout, rebootScriptTimeout                     time.Duration
 }
 
 // New returns the netboot driver of the device cfg describes. A missing
@@ -235,135 +235,43 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 			return nil, fmt.Errorf("netboot: serve_address: %q is not an IP address of this host", sa)
 		}
 	}
-	for _, k := range []struct {
-		key string
-		def time.Duration
-		dst *time.Duration
-	}{
-		{"master_boot_timeout", DefaultMasterBootTimeout, &o.masterBootTimeout},
-		{"boot_timeout", DefaultBootTimeout, &o.bootTimeout},
-		{"boot_check_interval", DefaultBootCheckInterval, &o.interval},
-		{"write_timeout", DefaultWriteTimeout, &o.writeTimeout},
-		{"imager_timeout", DefaultImagerTimeout, &o.imagerTimeout},
-		{"imager_shutdown_timeout", DefaultImagerShutdownTimeout, &o.shutdownTimeout},
-		{"script_timeout", DefaultScriptTimeout, &o.scriptTimeout},
-		{"reboot_script_timeout", DefaultRebootScriptTimeout, &o.rebootScriptTimeout},
-	} {
-		v, err := duration(cfg.Raw, k.key, k.def)
-		if err != nil {
-			return nil, fmt.Errorf("netboot: %w", err)
-		}
-		if v <= 0 || v > MaxDuration {
-			return nil, fmt.Errorf("netboot: %s: %s out of range (more than 0s, at most %s)", k.key, v, MaxDuration)
-		}
-		*k.dst = v
+	var scriptTimeout, rebootScriptTimeout time.Duration
+	if err := devconf.Durations(cfg.Raw, MaxDuration,
+		devconf.DurationKey{Key: "master_boot_timeout", Default: DefaultMasterBootTimeout, Dst: &o.masterBootTimeout},
+		devconf.DurationKey{Key: "boot_timeout", Default: DefaultBootTimeout, Dst: &o.bootTimeout},
+		devconf.DurationKey{Key: "boot_check_interval", Default: DefaultBootCheckInterval, Dst: &o.interval},
+		devconf.DurationKey{Key: "write_timeout", Default: DefaultWriteTimeout, Dst: &o.writeTimeout},
+		devconf.DurationKey{Key: "imager_timeout", Default: DefaultImagerTimeout, Dst: &o.imagerTimeout},
+		devconf.DurationKey{Key: "imager_shutdown_timeout", Default: DefaultImagerShutdownTimeout, Dst: &o.shutdownTimeout},
+		devconf.DurationKey{Key: "script_timeout", Default: DefaultScriptTimeout, Dst: &scriptTimeout},
+		devconf.DurationKey{Key: "reboot_script_timeout", Default: DefaultRebootScriptTimeout, Dst: &rebootScriptTimeout},
+	); err != nil {
+		return nil, fmt.Errorf("netboot: %w", err)
 	}
 	for _, k := range []struct {
 		key string
-		dst *[][]string
+		dst *localcmd.Script
 	}{
 		{"select_master_script", &o.selectMaster},
 		{"select_test_script", &o.selectTest},
 		{"post_flash_cmds", &o.postFlash},
 	} {
-		if *k.dst, err = commands(cfg.Raw, k.key); err != nil {
+		cmds, err := devconf.Commands(cfg.Raw, k.key)
+		if err != nil {
 			return nil, fmt.Errorf("netboot: %w", err)
 		}
+		*k.dst = localcmd.Script{Key: k.key, Cmds: cmds, Timeout: scriptTimeout}
 	}
-	for i, c := range cfg.RebootScript {
-		argv := strings.Fields(c)
-		if len(argv) == 0 {
-			return nil, fmt.Errorf("netboot: reboot_script[%d]: empty command", i)
-		}
-		o.reboot = append(o.reboot, argv)
+	if o.reboot, err = localcmd.New("reboot_script", cfg.RebootScript, rebootScriptTimeout); err != nil {
+		return nil, fmt.Errorf("netboot: %w", err)
 	}
 	return &Driver{cfg: cfg, opts: o}, nil
-}
-
-// duration reads a duration key: whole seconds, a Go duration ("500ms",
-// "1m30s") or a Flinger duration ("2h30m", "1d").
-func duration(d events.Data, key string, def time.Duration) (time.Duration, error) {
-	if s, ok := d[key].(string); ok {
-		if v, err := time.ParseDuration(s); err == nil {
-			return v, nil
-		}
-	}
-	return d.Duration(key, def)
-}
-
-// commands reads a list of commands (a single string is one command),
-// each split on white space as Testflinger's cmd.split() does.
-func commands(d events.Data, key string) ([][]string, error) {
-	var lines []string
-	switch v := d[key].(type) {
-	case nil:
-	case string:
-		lines = []string{v}
-	case []any:
-		for i, e := range v {
-			s, ok := e.(string)
-			if !ok {
-				return nil, fmt.Errorf("%s[%d]: must be a string, got %s", key, i, events.TypeName(e))
-			}
-			lines = append(lines, s)
-		}
-	case []string:
-		lines = v
-	default:
-		return nil, fmt.Errorf("%s: must be a command or a list of commands, got %s", key, events.TypeName(v))
-	}
-	var out [][]string
-	for i, l := range lines {
-		argv := strings.Fields(l)
-		if len(argv) == 0 {
-			return nil, fmt.Errorf("%s[%d]: empty command", key, i)
-		}
-		out = append(out, argv)
-	}
-	return out, nil
-}
-
-// out returns run.Out, or a writer that discards when it is nil.
-func out(run *drivers.Run) io.Writer {
-	if run.Out == nil {
-		return io.Discard
-	}
-	return run.Out
 }
 
 // provisioning wraps err, formatted as by fmt.Errorf, in a
 // *drivers.ProvisioningError.
 func provisioning(format string, args ...any) error {
 	return &drivers.ProvisioningError{Err: fmt.Errorf(format, args...)}
-}
-
-// source reads provision_data: url (required) and sha256.
-func source(job *events.Job) (image.Source, error) {
-	var pd events.Data
-	if job != nil {
-		pd = job.ProvisionData
-	}
-	raw, err := pd.String("url", "")
-	if err != nil {
-		return image.Source{}, provisioning("provision_data.%w", err)
-	}
-	if raw == "" {
-		return image.Source{}, provisioning("provision_data.url: required (the image to write, such as https://example.com/ubuntu.img.xz)")
-	}
-	// Refuse a malformed URL before the device is touched.
-	u, err := url.Parse(raw)
-	if err != nil {
-		return image.Source{}, provisioning("provision_data.url: %q is not a URL: %w", raw, err)
-	}
-	// Not file: a job must not have this host serve its own files.
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return image.Source{}, provisioning("provision_data.url: %q: must be an http or https URL", raw)
-	}
-	sum, err := pd.String("sha256", "")
-	if err != nil {
-		return image.Source{}, provisioning("provision_data.%w", err)
-	}
-	return image.Source{URL: raw, SHA256: sum}, nil
 }
 
 // Provision writes provision_data.url to the device through its master
@@ -375,16 +283,16 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("netboot provision: %w", err)
 	}
-	src, err := source(run.Job)
+	src, err := drivers.ImageSource(run.Job, "provision_data.url: required (the image to write, such as https://example.com/ubuntu.img.xz)")
 	if err != nil {
-		return err
+		return &drivers.ProvisioningError{Err: err}
 	}
 	// Testflinger's pre_provision_hook (a control host, when the device
 	// has one), once the job is known to be worth it.
 	if err := d.PreProvision(ctx, run); err != nil {
 		return err
 	}
-	p := &provision{d: d, run: run, dev: run.Device, w: out(run), src: src}
+	p := &provision{d: d, run: run, dev: run.Device, w: run.Output(), src: src}
 	if p.dev == nil {
 		p.dev = d.cfg
 	}
@@ -415,7 +323,7 @@ type provision struct {
 
 // do runs the steps of Provision.
 func (p *provision) do(ctx context.Context) error {
-	fmt.Fprintf(p.w, "Provisioning %s with %s\n", quote(p.dev.Name), quote(p.src.String()))
+	fmt.Fprintf(p.w, "Provisioning %s with %s\n", display.Printable(p.dev.Name), display.Printable(p.src.String()))
 	img, err := p.prepare(ctx)
 	if err != nil {
 		return err
@@ -427,9 +335,9 @@ func (p *provision) do(ctx context.Context) error {
 	if err := p.write(ctx, img); err != nil {
 		return err
 	}
-	if len(p.d.opts.postFlash) > 0 {
+	if !p.d.opts.postFlash.Empty() {
 		fmt.Fprintln(p.w, "Running post_flash_cmds")
-		if err := p.commands(ctx, "post_flash_cmds", p.d.opts.postFlash, p.d.opts.scriptTimeout); err != nil {
+		if err := p.commands(ctx, p.d.opts.postFlash); err != nil {
 			if ctx.Err() != nil {
 				return err
 			}
@@ -457,7 +365,7 @@ func allowedAddrs(ctx context.Context, host string) ([]netip.Addr, error) {
 	defer cancel()
 	addrs, err := net.DefaultResolver.LookupNetIP(rctx, "ip", host)
 	if err != nil {
-		return nil, fmt.Errorf("resolving device_ip %s: %w", quote(host), err)
+		return nil, fmt.Errorf("resolving device_ip %s: %w", display.Printable(host), err)
 	}
 	for i, a := range addrs {
 		addrs[i] = a.Unmap()
@@ -477,21 +385,12 @@ func (p *provision) serveIP(ctx context.Context) (netip.Addr, error) {
 	// A UDP "connection" sends nothing: it only picks the route.
 	c, err := dl.DialContext(rctx, "udp", net.JoinHostPort(p.dev.DeviceIP, fmt.Sprint(p.d.opts.imagerPort)))
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("finding this host's address on the route to %s (set serve_address): %w", quote(p.dev.DeviceIP), err)
+		return netip.Addr{}, fmt.Errorf("finding this host's address on the route to %s (set serve_address): %w", display.Printable(p.dev.DeviceIP), err)
 	}
 	defer c.Close()
 	ap, err := netip.ParseAddrPort(c.LocalAddr().String())
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("finding this host's address on the route to %s (set serve_address): %w", quote(p.dev.DeviceIP), err)
+		return netip.Addr{}, fmt.Errorf("finding this host's address on the route to %s (set serve_address): %w", display.Printable(p.dev.DeviceIP), err)
 	}
 	return ap.Addr().Unmap(), nil
-}
-
-// quote quotes s when it holds control characters, so that a configured or
-// job value cannot forge lines of output.
-func quote(s string) string {
-	if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return fmt.Sprintf("%q", s)
-	}
-	return s
 }

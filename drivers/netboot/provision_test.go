@@ -155,7 +155,7 @@ func TestCachedImages(t *testing.T) {
 			t.Errorf("device %d: last of %d progress reports %+v, want all %d bytes served", i, n, last, len(xzFile))
 		}
 	}
-	if n := srv.requests.Load(); n != 1 {
+	if n := srv.Requests(); n != 1 {
 		t.Errorf("the image was requested %d times for two devices, want once", n)
 	}
 
@@ -182,13 +182,12 @@ func TestCachedImages(t *testing.T) {
 func cfgOf(t *testing.T, r *netbootsim.Rig) *drivers.DeviceConfig {
 	t.Helper()
 	var found *drivers.DeviceConfig
-	rigs.Range(func(k, v any) bool {
-		if v.(*netbootsim.Rig) == r {
-			found = k.(*drivers.DeviceConfig)
-			return false
+	for cfg, rig := range rigs.All() {
+		if rig == r {
+			found = cfg
+			break
 		}
-		return true
-	})
+	}
 	if found == nil {
 		t.Fatal("no configuration for this Rig")
 	}
@@ -258,7 +257,7 @@ func fakeImager(t *testing.T, fetch bool, status int, body string, delay, writeT
 		}
 	}
 	return &drivers.DeviceConfig{Name: "fake-imager", Type: netboot.Type, Queues: []string{"netboot"}, DeviceIP: "127.0.0.1", Raw: raw,
-		SSH: &drivers.SSHSettings{HostKeys: drivers.HostKeysTOFU, HostKeyDir: t.TempDir()}}
+		SSH: drivertest.TOFU(t)}
 }
 
 // TestImagerAnswerChecked checks that the imager's answer to writeimage

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ulikunitz/xz"
 
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/image"
 )
 
@@ -88,7 +89,7 @@ func (p *provision) prepare(ctx context.Context) (*preparedImage, error) {
 	}
 	if bytes.Equal(head[:n], qcow2Magic) {
 		_ = im.Close()
-		return nil, provisioning("image %s: %w", quote(p.src.String()), errQcow2)
+		return nil, provisioning("image %s: %w", display.Printable(p.src.String()), errQcow2)
 	}
 	how := "served to the imager as it is"
 	if format != image.Xz {

@@ -2,19 +2,20 @@ package netboot
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/image"
+	"github.com/flingerlab/flinger/drivers/localcmd"
+	"github.com/flingerlab/flinger/drivers/osrelease"
+	"github.com/flingerlab/flinger/drivers/remote"
 	"github.com/flingerlab/flinger/drivers/sshx"
 	"github.com/flingerlab/flinger/events"
 )
@@ -23,10 +24,6 @@ import (
 // succeeded, the image server may take to report how the serving ended
 // (it has finished by then: the imager read the end of the stream).
 const answerGrace = 5 * time.Second
-
-// waitDelay is how long a local command's output may stay open after it
-// was killed or has exited (a child holding it).
-const waitDelay = time.Second
 
 // sshTimeout bounds one SSH dial and the command run after the boot.
 const sshTimeout = 30 * time.Second
@@ -55,14 +52,14 @@ func (p *provision) ensureMaster(ctx context.Context) error {
 		return fmt.Errorf("checking the master image: %w", ctx.Err())
 	}
 	fmt.Fprintf(p.w, "The master image is not up (%v): selecting it and resetting the device\n", err)
-	if err := p.commands(ctx, "select_master_script", o.selectMaster, o.scriptTimeout); err != nil {
+	if err := p.commands(ctx, o.selectMaster); err != nil {
 		if ctx.Err() != nil {
 			return err
 		}
 		return drivers.Recovery("selecting the master image: %w", err)
 	}
-	if len(o.reboot) == 0 {
-		return drivers.Recovery("the master image is not up and device %s has no reboot_script to reset it: %w", quote(p.dev.Name), err)
+	if o.reboot.Empty() {
+		return drivers.Recovery("the master image is not up and device %s has no reboot_script to reset it: %w", display.Printable(p.dev.Name), err)
 	}
 	if err := p.hardReset(ctx); err != nil {
 		return err
@@ -117,8 +114,8 @@ func (p *provision) write(ctx context.Context, img *preparedImage) error {
 	}, p.w, p.log)
 	defer srv.close()
 	server := srv.Addr().String()
-	fmt.Fprintf(p.w, "Serving the image on %s (one connection, from %s only)\n", server, quote(p.dev.DeviceIP))
-	fmt.Fprintf(p.w, "Asking the imager to write it to %s: GET %s%s\n", quote(o.testDevice), p.imager.base, writeImagePath(server, o.testDevice))
+	fmt.Fprintf(p.w, "Serving the image on %s (one connection, from %s only)\n", server, display.Printable(p.dev.DeviceIP))
+	fmt.Fprintf(p.w, "Asking the imager to write it to %s: GET %s%s\n", display.Printable(o.testDevice), p.imager.base, writeImagePath(server, o.testDevice))
 	start := time.Now()
 	ans, aerr := p.imager.writeImage(ctx, server, o.testDevice, o.writeTimeout)
 	grace := time.Duration(0)
@@ -140,13 +137,13 @@ func (p *provision) write(ctx context.Context, img *preparedImage) error {
 		}
 		fmt.Fprintf(p.w, "Served %d bytes of xz to %s (%s)\n", res.bytes, res.from, how)
 	}
-	dev := quote(o.testDevice)
+	dev := display.Printable(o.testDevice)
 	var ie *image.Error
 	switch {
 	case errors.As(res.err, &ie) && ie.Kind != image.Canceled:
 		return provisioning("%w", res.err)
 	case errors.Is(res.err, errQcow2):
-		return provisioning("image %s: %w", quote(p.src.String()), errQcow2)
+		return provisioning("image %s: %w", display.Printable(p.src.String()), errQcow2)
 	case aerr != nil && errors.Is(aerr, context.DeadlineExceeded):
 		return provisioning("the imager did not finish writing the image to %s within write_timeout (%s)", dev, o.writeTimeout)
 	case aerr != nil:
@@ -155,7 +152,7 @@ func (p *provision) write(ctx context.Context, img *preparedImage) error {
 		return provisioning("the imager failed to write the image to %s (HTTP %d): %s", dev, ans.status, summary(ans.body))
 	}
 	if line, bad := reportsFailure(ans.body); bad {
-		return provisioning("the imager reported a failure writing the image to %s: %s", dev, quote(line))
+		return provisioning("the imager reported a failure writing the image to %s: %s", dev, display.Printable(line))
 	}
 	if !res.connected {
 		return provisioning("the imager answered without fetching the image (%v): %s", res.err, summary(ans.body))
@@ -177,7 +174,7 @@ func printAnswer(w io.Writer, body string) {
 	sc.Buffer(make([]byte, 0, 4096), maxAnswer)
 	for sc.Scan() {
 		if line := strings.TrimRight(sc.Text(), "\r"); line != "" {
-			fmt.Fprintf(w, "  imager: %s\n", quote(line))
+			fmt.Fprintf(w, "  imager: %s\n", display.Printable(line))
 		}
 	}
 }
@@ -187,9 +184,9 @@ func printAnswer(w io.Writer, body string) {
 // a recovery failure.
 func (p *provision) bootTest(ctx context.Context) error {
 	o := p.d.opts
-	if len(o.selectTest) > 0 {
+	if !o.selectTest.Empty() {
 		fmt.Fprintln(p.w, "Selecting the test image")
-		if err := p.commands(ctx, "select_test_script", o.selectTest, o.scriptTimeout); err != nil {
+		if err := p.commands(ctx, o.selectTest); err != nil {
 			if ctx.Err() != nil {
 				return err
 			}
@@ -212,8 +209,8 @@ func (p *provision) bootTest(ctx context.Context) error {
 		reset = true
 	}
 	if reset {
-		if len(o.reboot) == 0 {
-			return drivers.Recovery("device %s did not reboot into the test image and has no reboot_script to reset it", quote(p.dev.Name))
+		if o.reboot.Empty() {
+			return drivers.Recovery("device %s did not reboot into the test image and has no reboot_script to reset it", display.Printable(p.dev.Name))
 		}
 		if err := p.hardReset(ctx); err != nil {
 			return err
@@ -226,17 +223,16 @@ func (p *provision) bootTest(ctx context.Context) error {
 	}
 	cfg.User, cfg.Password = credentials(p.run.Job)
 	cfg.DialTimeout = min(sshTimeout, o.bootTimeout)
-	who := fmt.Sprintf("%s@%s", quote(cfg.User), cfg.Addr)
+	who := fmt.Sprintf("%s@%s", display.Printable(cfg.User), cfg.Addr)
 	fmt.Fprintf(p.w, "Waiting up to %s for the test image to accept ssh as %s\n", o.bootTimeout, who)
 	wctx, cancel := context.WithTimeout(ctx, o.bootTimeout)
 	defer cancel()
 	c, err := sshx.WaitForSSH(wctx, cfg, p.dev.Name, o.interval)
 	if err != nil {
-		var changed *sshx.HostKeyChangedError
 		switch {
 		case ctx.Err() != nil:
 			return fmt.Errorf("waiting for the test image: %w", ctx.Err())
-		case errors.As(err, &changed) || errors.Is(err, sshx.ErrUnknownHost):
+		case sshx.IsHostKeyError(err):
 			// Resetting the device would not help: an operator must look.
 			return provisioning("the test image's ssh host key is not the one expected: %w", err)
 		}
@@ -247,7 +243,7 @@ func (p *provision) bootTest(ctx context.Context) error {
 	}
 	defer c.Close()
 	if name := p.osName(ctx, c); name != "" {
-		fmt.Fprintf(p.w, "The test image is up: %s\n", quote(name))
+		fmt.Fprintf(p.w, "The test image is up: %s\n", display.Printable(name))
 	} else {
 		fmt.Fprintln(p.w, "The test image is up")
 	}
@@ -258,31 +254,12 @@ func (p *provision) bootTest(ctx context.Context) error {
 func (p *provision) osName(ctx context.Context, c *sshx.Client) string {
 	ctx, cancel := context.WithTimeout(ctx, sshTimeout)
 	defer cancel()
-	var buf limitedBuffer
-	code, err := c.Run(ctx, []string{"cat", "/etc/os-release"}, &buf, io.Discard)
-	if err != nil || code != 0 {
-		p.log.Info("netboot: could not read the test image's os-release", "err", err, "status", code)
+	osr, err := remote.Output(ctx, c, []string{"cat", "/etc/os-release"})
+	if err != nil {
+		p.log.Info("netboot: could not read the test image's os-release", "err", err)
 		return ""
 	}
-	for _, line := range strings.Split(buf.b.String(), "\n") {
-		if v, ok := strings.CutPrefix(line, "PRETTY_NAME="); ok {
-			if u, err := strconv.Unquote(v); err == nil {
-				return u
-			}
-			return strings.Trim(v, `"'`)
-		}
-	}
-	return ""
-}
-
-// limitedBuffer keeps the first 64 KiB written to it.
-type limitedBuffer struct{ b bytes.Buffer }
-
-func (l *limitedBuffer) Write(p []byte) (int, error) {
-	if room := 64<<10 - l.b.Len(); room > 0 {
-		l.b.Write(p[:min(room, len(p))])
-	}
-	return len(p), nil
+	return osrelease.PrettyName(osr)
 }
 
 // credentials returns the test image's login: test_data.test_username and
@@ -304,38 +281,17 @@ func credentials(job *events.Job) (user, password string) {
 // recovery failure.
 func (p *provision) hardReset(ctx context.Context) error {
 	fmt.Fprintln(p.w, "Resetting the device with reboot_script")
-	if err := p.commands(ctx, "reboot_script", p.d.opts.reboot, p.d.opts.rebootScriptTimeout); err != nil {
+	if err := p.commands(ctx, p.d.opts.reboot); err != nil {
 		if ctx.Err() != nil {
 			return err
 		}
-		return drivers.Recovery("resetting device %s: %w", quote(p.dev.Name), err)
+		return drivers.Recovery("resetting device %s: %w", display.Printable(p.dev.Name), err)
 	}
 	return nil
 }
 
-// commands runs the commands of device key key on this machine, each as
-// its words (no shell), in the run directory with the run's environment,
-// each within timeout, their output going to the phase's output.
-func (p *provision) commands(ctx context.Context, key string, cmds [][]string, timeout time.Duration) error {
-	for i, argv := range cmds {
-		fmt.Fprintf(p.w, "Running %s[%d]: %s\n", key, i, quote(strings.Join(argv, " ")))
-		cctx, cancel := context.WithTimeout(ctx, timeout)
-		cmd := exec.CommandContext(cctx, argv[0], argv[1:]...)
-		cmd.Dir = p.run.Dir
-		cmd.Env = p.run.Env
-		cmd.Stdout, cmd.Stderr = p.w, p.w
-		cmd.WaitDelay = waitDelay
-		err := cmd.Run()
-		timedOut := errors.Is(cctx.Err(), context.DeadlineExceeded)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return fmt.Errorf("%s[%d]: %w", key, i, ctx.Err())
-		case timedOut:
-			return fmt.Errorf("%s[%d] %s timed out after %s", key, i, quote(argv[0]), timeout)
-		case err != nil:
-			return fmt.Errorf("%s[%d] %s failed: %w", key, i, quote(argv[0]), err)
-		}
-	}
-	return nil
+// commands runs the commands of a script on this machine (see package
+// localcmd), their output going to the phase's output.
+func (p *provision) commands(ctx context.Context, s localcmd.Script) error {
+	return localcmd.Runner{Dir: p.run.Dir, Env: p.run.Env, Out: p.w}.Run(ctx, s)
 }

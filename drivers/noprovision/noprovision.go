@@ -29,14 +29,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os/exec"
-	"strings"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/devconf"
+	"github.com/flingerlab/flinger/drivers/display"
+	"github.com/flingerlab/flinger/drivers/localcmd"
 	"github.com/flingerlab/flinger/drivers/sshx"
-	"github.com/flingerlab/flinger/events"
 )
 
 // Type is the connector type of this driver, as in Testflinger.
@@ -56,10 +55,6 @@ const MaxDuration = 2 * time.Hour
 // checkTimeout bounds one SSH check (connecting, logging in, /bin/true).
 const checkTimeout = 30 * time.Second
 
-// waitDelay is how long a reboot_script command's output may stay open
-// after it was killed or has exited (a child holding it).
-const waitDelay = 5 * time.Second
-
 func init() {
 	drivers.Register(Type, New)
 }
@@ -74,8 +69,8 @@ type Driver struct {
 var _ drivers.Driver = (*Driver)(nil)
 
 type options struct {
-	rebootWait, bootTimeout, interval, scriptTimeout time.Duration
-	script                                           [][]string
+	rebootWait, bootTimeout, interval time.Duration
+	reset                             localcmd.Script
 }
 
 // New returns the noprovision driver of the device cfg describes. Bad
@@ -85,56 +80,20 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 		return nil, errors.New("noprovision: no device configuration")
 	}
 	var o options
-	for _, k := range []struct {
-		key  string
-		def  time.Duration
-		dst  *time.Duration
-		zero bool // zero allowed
-	}{
-		{"reboot_wait", DefaultRebootWait, &o.rebootWait, true},
-		{"boot_timeout", DefaultBootTimeout, &o.bootTimeout, false},
-		{"boot_check_interval", DefaultBootCheckInterval, &o.interval, false},
-		{"reboot_script_timeout", DefaultRebootScriptTimeout, &o.scriptTimeout, false},
-	} {
-		v, err := duration(cfg.Raw, k.key, k.def)
-		if err != nil {
-			return nil, err
-		}
-		if v < 0 || (v == 0 && !k.zero) || v > MaxDuration {
-			lowest := "more than 0s"
-			if k.zero {
-				lowest = "0s"
-			}
-			return nil, fmt.Errorf("%s: %s out of range (%s to %s)", k.key, v, lowest, MaxDuration)
-		}
-		*k.dst = v
+	var scriptTimeout time.Duration
+	if err := devconf.Durations(cfg.Raw, MaxDuration,
+		devconf.DurationKey{Key: "reboot_wait", Default: DefaultRebootWait, Dst: &o.rebootWait, ZeroOK: true},
+		devconf.DurationKey{Key: "boot_timeout", Default: DefaultBootTimeout, Dst: &o.bootTimeout},
+		devconf.DurationKey{Key: "boot_check_interval", Default: DefaultBootCheckInterval, Dst: &o.interval},
+		devconf.DurationKey{Key: "reboot_script_timeout", Default: DefaultRebootScriptTimeout, Dst: &scriptTimeout},
+	); err != nil {
+		return nil, err
 	}
-	for i, c := range cfg.RebootScript {
-		argv := strings.Fields(c)
-		if len(argv) == 0 {
-			return nil, fmt.Errorf("reboot_script[%d]: empty command", i)
-		}
-		o.script = append(o.script, argv)
+	var err error
+	if o.reset, err = localcmd.New("reboot_script", cfg.RebootScript, scriptTimeout); err != nil {
+		return nil, err
 	}
 	return &Driver{cfg: cfg, opts: o}, nil
-}
-
-// duration reads a duration key: whole seconds, a Go duration ("500ms",
-// "1m30s") or a Flinger duration ("2h30m", "1d").
-func duration(d events.Data, key string, def time.Duration) (time.Duration, error) {
-	if s, ok := d[key].(string); ok {
-		if v, err := time.ParseDuration(s); err == nil {
-			return v, nil
-		}
-	}
-	return d.Duration(key, def)
-}
-
-func out(run *drivers.Run) io.Writer {
-	if run.Out == nil {
-		return io.Discard
-	}
-	return run.Out
 }
 
 // Provision makes sure the device answers SSH, resetting it with
@@ -151,13 +110,13 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	if dev == nil {
 		dev = d.cfg
 	}
-	w := out(run)
+	w := run.Output()
 	cfg, err := dev.SSHSettings().DeviceConfig(dev, run.Job, run.Logger())
 	if err != nil {
 		return &drivers.ProvisioningError{Err: err}
 	}
 	cfg.DialTimeout = min(checkTimeout, d.opts.bootTimeout)
-	who := fmt.Sprintf("%s@%s", quote(cfg.User), cfg.Addr)
+	who := fmt.Sprintf("%s@%s", display.Printable(cfg.User), cfg.Addr)
 
 	fmt.Fprintf(w, "Checking that the device answers ssh as %s\n", who)
 	err = check(ctx, cfg, dev.Name)
@@ -174,7 +133,7 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 		return &drivers.ProvisioningError{Err: fmt.Errorf("device %s answers ssh but refuses the login as %s (check test_username, test_password and ssh.key_file): %w", dev.Name, who, err)}
 	}
 	fmt.Fprintf(w, "The device does not answer (%v)\n", err)
-	if len(d.opts.script) == 0 {
+	if d.opts.reset.Empty() {
 		return drivers.Recovery("device %s does not answer ssh as %s and has no reboot_script to reset it: %w", dev.Name, who, err)
 	}
 	if err := d.hardReset(ctx, run); err != nil {
@@ -196,7 +155,7 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	err = sshx.Retry(wctx, sshx.Backoff{Initial: d.opts.interval, Max: d.opts.interval, Multiplier: 1, Jitter: 0.1},
 		func(ctx context.Context) error {
 			err := check(ctx, cfg, dev.Name)
-			if err != nil && isHostKeyError(err) {
+			if err != nil && sshx.IsHostKeyError(err) {
 				return sshx.Permanent(err)
 			}
 			return err
@@ -222,15 +181,10 @@ func fatal(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("noprovision provision: %w", ctx.Err())
 	}
-	if isHostKeyError(err) {
+	if sshx.IsHostKeyError(err) {
 		return &drivers.ProvisioningError{Err: fmt.Errorf("checking the device: %w", err)}
 	}
 	return nil
-}
-
-func isHostKeyError(err error) bool {
-	var changed *sshx.HostKeyChangedError
-	return errors.As(err, &changed) || errors.Is(err, sshx.ErrUnknownHost)
 }
 
 // check logs in to the device and runs /bin/true.
@@ -252,41 +206,17 @@ func check(ctx context.Context, cfg sshx.Config, device string) error {
 	return nil
 }
 
-// hardReset runs the reboot_script commands on this machine, each split on
-// white space and run without a shell (as Testflinger's cmd.split()), in
-// the run directory with the run's environment, each within the
-// reboot_script_timeout. A command that fails or times out is a recovery
-// failure.
+// hardReset runs the reboot_script commands on this machine (see package
+// localcmd), each within reboot_script_timeout. A command that fails or
+// times out is a recovery failure.
 func (d *Driver) hardReset(ctx context.Context, run *drivers.Run) error {
-	w := out(run)
-	for i, argv := range d.opts.script {
-		fmt.Fprintf(w, "Running reboot_script[%d]: %s\n", i, quote(strings.Join(argv, " ")))
-		cctx, cancel := context.WithTimeout(ctx, d.opts.scriptTimeout)
-		cmd := exec.CommandContext(cctx, argv[0], argv[1:]...)
-		cmd.Dir = run.Dir
-		cmd.Env = run.Env
-		cmd.Stdout, cmd.Stderr = w, w
-		cmd.WaitDelay = waitDelay
-		err := cmd.Run()
-		timedOut := errors.Is(cctx.Err(), context.DeadlineExceeded)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return fmt.Errorf("noprovision provision: reboot_script[%d]: %w", i, ctx.Err())
-		case timedOut:
-			return drivers.Recovery("reboot_script[%d] %s timed out after %s", i, quote(argv[0]), d.opts.scriptTimeout)
-		case err != nil:
-			return drivers.Recovery("reboot_script[%d] %s failed: %w", i, quote(argv[0]), err)
-		}
+	err := localcmd.Runner{Dir: run.Dir, Env: run.Env, Out: run.Output()}.Run(ctx, d.opts.reset)
+	var le *localcmd.Error
+	switch {
+	case errors.As(err, &le):
+		return drivers.Recovery("%w", err)
+	case err != nil:
+		return fmt.Errorf("noprovision provision: %w", err)
 	}
 	return nil
-}
-
-// quote quotes s when it holds control characters, so that a configured or
-// job value cannot forge lines of output.
-func quote(s string) string {
-	if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return fmt.Sprintf("%q", s)
-	}
-	return s
 }

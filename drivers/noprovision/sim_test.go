@@ -34,7 +34,7 @@ func simDevice(t *testing.T, f sim.Faults, raw events.Data, reboot ...string) (*
 	cfg := &drivers.DeviceConfig{
 		Name: "np-sim", Type: noprovision.Type, Queues: []string{"np"},
 		DeviceIP: "127.0.0.1", SSHPort: port, RebootScript: reboot, Raw: raw,
-		SSH: &drivers.SSHSettings{HostKeys: drivers.HostKeysTOFU, HostKeyDir: t.TempDir()},
+		SSH: drivertest.TOFU(t),
 	}
 	d, err := noprovision.New(cfg)
 	if err != nil {

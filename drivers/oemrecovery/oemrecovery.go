@@ -60,7 +60,10 @@ import (
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/devconf"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/oemrecovery/oemdut"
+	"github.com/flingerlab/flinger/drivers/remote"
 	"github.com/flingerlab/flinger/drivers/sshx"
 )
 
@@ -116,18 +119,12 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 	if len(d.cmds) == 0 {
 		return nil, errors.New("recovery_cmds: required (the commands that start the device's recovery)")
 	}
-	for _, k := range []struct {
-		key string
-		def time.Duration
-		dst *time.Duration
-	}{
-		{"recovery_cmd_timeout", DefaultRecoveryCmdTimeout, &d.cmdTimeout},
-		{"recovery_timeout", DefaultRecoveryTimeout, &d.timeout},
-		{"recovery_poll_interval", DefaultRecoveryPollInterval, &d.pollInterval},
-	} {
-		if *k.dst, err = oemdut.Duration(cfg.Raw, k.key, k.def, time.Millisecond); err != nil {
-			return nil, err
-		}
+	if err := devconf.Durations(cfg.Raw, oemdut.MaxDuration,
+		devconf.DurationKey{Key: "recovery_cmd_timeout", Default: DefaultRecoveryCmdTimeout, Dst: &d.cmdTimeout},
+		devconf.DurationKey{Key: "recovery_timeout", Default: DefaultRecoveryTimeout, Dst: &d.timeout},
+		devconf.DurationKey{Key: "recovery_poll_interval", Default: DefaultRecoveryPollInterval, Dst: &d.pollInterval},
+	); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -164,7 +161,7 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("oemrecovery provision: %w", ctx.Err())
 		}
-		return &drivers.ProvisioningError{Err: fmt.Errorf("device %s: recovery_cmds ran but %w (the last command should reboot it into its recovery)", oemdut.Printable(dev.Name), err)}
+		return &drivers.ProvisioningError{Err: fmt.Errorf("device %s: recovery_cmds ran but %w (the last command should reboot it into its recovery)", display.Printable(dev.Name), err)}
 	}
 	// A reinstalled system has new host keys.
 	if err := t.Policy.Reset(dev.Name); err != nil {
@@ -177,7 +174,7 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 // operator wrote it, streaming its output.
 func (d *Driver) runCommands(ctx context.Context, t *oemdut.Target, c *sshx.Client) error {
 	for i, cmd := range d.cmds {
-		fmt.Fprintf(t.Out, "Running recovery_cmds[%d] on the device: %s\n", i, oemdut.Printable(cmd))
+		fmt.Fprintf(t.Out, "Running recovery_cmds[%d] on the device: %s\n", i, display.Printable(cmd))
 		tail := &oemdut.Tail{W: t.Out}
 		cctx, cancel := context.WithTimeout(ctx, d.cmdTimeout)
 		_, err := c.Run(cctx, []string{"sh", "-c", cmd}, tail, tail)
@@ -190,7 +187,7 @@ func (d *Driver) runCommands(ctx context.Context, t *oemdut.Target, c *sshx.Clie
 			return fmt.Errorf("oemrecovery provision: recovery_cmds[%d]: %w", i, ctx.Err())
 		case timedOut:
 			return &drivers.ProvisioningError{Err: fmt.Errorf("recovery_cmds[%d] did not finish within %s", i, d.cmdTimeout)}
-		case oemdut.IsExit(err):
+		case remote.IsExit(err):
 			return &drivers.ProvisioningError{Err: fmt.Errorf("recovery_cmds[%d] failed: %w; output: %s", i, err, tail)}
 		case last:
 			// The device went down as the command rebooted it.
@@ -219,12 +216,12 @@ func (d *Driver) waitReady(ctx context.Context, t *oemdut.Target, bootID string)
 		case ctx.Err() != nil:
 			return fmt.Errorf("oemrecovery provision: waiting for the recovery: %w", ctx.Err())
 		case err == nil && bootID != "" && now == bootID:
-			return &drivers.ProvisioningError{Err: fmt.Errorf("device %s did not reboot: it is still in the boot recovery_cmds ran in (the connection was lost, not ended by a reboot)", oemdut.Printable(t.Name))}
+			return &drivers.ProvisioningError{Err: fmt.Errorf("device %s did not reboot: it is still in the boot recovery_cmds ran in (the connection was lost, not ended by a reboot)", display.Printable(t.Name))}
 		case err == nil:
 			fmt.Fprintf(t.Out, "The device is recovered (after %s): %s\n", time.Since(start).Round(100*time.Millisecond), how)
 			return nil
-		case oemdut.IsHostKeyError(err):
-			return &drivers.ProvisioningError{Err: fmt.Errorf("device %s: refusing the host key of the reinstalled system (it changed again after the reinstall, or ssh.host_keys pins the old one and must be updated): %w", oemdut.Printable(t.Name), err)}
+		case sshx.IsHostKeyError(err):
+			return &drivers.ProvisioningError{Err: fmt.Errorf("device %s: refusing the host key of the reinstalled system (it changed again after the reinstall, or ssh.host_keys pins the old one and must be updated): %w", display.Printable(t.Name), err)}
 		}
 		if last == nil || err.Error() != last.Error() {
 			fmt.Fprintf(t.Out, "Not ready yet: %v\n", err)
@@ -234,7 +231,7 @@ func (d *Driver) waitReady(ctx context.Context, t *oemdut.Target, bootID string)
 			if ctx.Err() != nil {
 				return fmt.Errorf("oemrecovery provision: waiting for the recovery: %w", ctx.Err())
 			}
-			return drivers.Recovery("device %s did not come back from its recovery within %s: %w", oemdut.Printable(t.Name), d.timeout, last)
+			return drivers.Recovery("device %s did not come back from its recovery within %s: %w", display.Printable(t.Name), d.timeout, last)
 		}
 	}
 }
@@ -257,12 +254,12 @@ func (d *Driver) ready(ctx context.Context, t *oemdut.Target) (how, bootID strin
 		if m := field(out.String(), "model"); strings.Contains(m, GenericClassic) {
 			how = "snap model reports " + GenericClassic
 		}
-	} else if !oemdut.IsExit(err) {
+	} else if !remote.IsExit(err) {
 		return "", "", err
 	}
 	if how == "" {
 		out.Reset()
-		if _, err := c.Run(qctx, []string{"snap", "changes"}, &out, io.Discard); err != nil && !oemdut.IsExit(err) {
+		if _, err := c.Run(qctx, []string{"snap", "changes"}, &out, io.Discard); err != nil && !remote.IsExit(err) {
 			return "", "", err
 		}
 		if !InitializeDone(out.String()) {

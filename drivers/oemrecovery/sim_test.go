@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -84,26 +83,20 @@ func TestConformance(t *testing.T) {
 }
 
 func TestScenarios(t *testing.T) {
-	var mu sync.Mutex
-	rigs := map[*drivers.DeviceConfig]*oemsim.Rig{}
+	var rigs drivertest.Rigs[*oemsim.Rig]
 	setup := func(rec oemsim.Recovery, f oemsim.Faults, raw events.Data, prep func(*testing.T, *oemsim.Rig, *drivers.DeviceConfig)) func(t *testing.T) *drivers.DeviceConfig {
 		return func(t *testing.T) *drivers.DeviceConfig {
 			rig, cfg := start(t, rec, f, raw)
 			if prep != nil {
 				prep(t, rig, cfg)
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			rigs[cfg] = rig
+			rigs.Add(t, cfg, rig)
 			return cfg
 		}
 	}
 	check := func(f func(t *testing.T, rig *oemsim.Rig)) func(t *testing.T, cfg *drivers.DeviceConfig, _ string, _ error) {
 		return func(t *testing.T, cfg *drivers.DeviceConfig, _ string, _ error) {
-			mu.Lock()
-			rig := rigs[cfg]
-			mu.Unlock()
-			f(t, rig)
+			f(t, rigs.Of(t, cfg))
 		}
 	}
 	recovered := func(via string) func(t *testing.T, rig *oemsim.Rig) {

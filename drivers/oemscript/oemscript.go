@@ -101,6 +101,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/devconf"
 	"github.com/flingerlab/flinger/drivers/image"
 	"github.com/flingerlab/flinger/drivers/oemrecovery/oemdut"
 	"github.com/flingerlab/flinger/events"
@@ -197,19 +198,13 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 		return nil, err
 	}
 	o := &d.opts
-	for _, k := range []struct {
-		key string
-		def time.Duration
-		dst *time.Duration
-	}{
-		{"recovery_timeout", DefaultRecoveryTimeout, &o.recoveryTimeout},
-		{"recovery_poll_interval", DefaultRecoveryPollInterval, &o.pollInterval},
-		{"iso_timeout", DefaultISOTimeout, &o.isoTimeout},
-		{"command_timeout", DefaultCommandTimeout, &o.commandTimeout},
-	} {
-		if *k.dst, err = oemdut.Duration(cfg.Raw, k.key, k.def, time.Millisecond); err != nil {
-			return nil, err
-		}
+	if err := devconf.Durations(cfg.Raw, oemdut.MaxDuration,
+		devconf.DurationKey{Key: "recovery_timeout", Default: DefaultRecoveryTimeout, Dst: &o.recoveryTimeout},
+		devconf.DurationKey{Key: "recovery_poll_interval", Default: DefaultRecoveryPollInterval, Dst: &o.pollInterval},
+		devconf.DurationKey{Key: "iso_timeout", Default: DefaultISOTimeout, Dst: &o.isoTimeout},
+		devconf.DurationKey{Key: "command_timeout", Default: DefaultCommandTimeout, Dst: &o.commandTimeout},
+	); err != nil {
+		return nil, err
 	}
 	for _, k := range []struct {
 		key, def string
@@ -273,26 +268,7 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 // Source returns the ISO a job asks for: provision_data.url (http or
 // https) and the optional provision_data.sha256.
 func Source(job *events.Job) (image.Source, error) {
-	var pd events.Data
-	if job != nil {
-		pd = job.ProvisionData
-	}
-	u, err := pd.String("url", "")
-	if err != nil {
-		return image.Source{}, fmt.Errorf("provision_data.%w", err)
-	}
-	if u == "" {
-		return image.Source{}, errors.New("provision_data.url: required: the URL of the ISO to install")
-	}
-	pu, err := url.Parse(u)
-	if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
-		return image.Source{}, fmt.Errorf("provision_data.url: %s is not an http or https URL", oemdut.Printable(u))
-	}
-	sum, err := pd.String("sha256", "")
-	if err != nil {
-		return image.Source{}, fmt.Errorf("provision_data.%w", err)
-	}
-	return image.Source{URL: u, SHA256: sum}, nil
+	return drivers.ImageSource(job, "provision_data.url: required: the URL of the ISO to install")
 }
 
 // ubrImage reports whether the ISO's file name makes recovery-from-iso.sh

@@ -124,14 +124,6 @@ func TestSameRelease(t *testing.T) {
 	}
 }
 
-func TestParseOSRelease(t *testing.T) {
-	t.Parallel()
-	m := oemscript.ParseOSRelease("PRETTY_NAME=\"Ubuntu 24.04 LTS\"\nNAME=Ubuntu\n# comment=x\nVERSION_ID='24.04'\n\nbroken line\n")
-	if m["PRETTY_NAME"] != "Ubuntu 24.04 LTS" || m["NAME"] != "Ubuntu" || m["VERSION_ID"] != "24.04" || len(m) != 3 {
-		t.Errorf("ParseOSRelease = %q", m)
-	}
-}
-
 func TestPreseed(t *testing.T) {
 	t.Parallel()
 	cfg := "ubiquity ubiquity/reboot boolean false\nubiquity ubiquity/poweroff boolean true\nd-i keep this\n"

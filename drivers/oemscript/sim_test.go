@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -189,26 +188,20 @@ func untouched(t *testing.T, rig *oemsim.Rig, _ string) {
 func TestScenarios(t *testing.T) {
 	srv := isoServer(t)
 	// rigs maps each scenario run's device to its laptop, for the checks.
-	var mu sync.Mutex
-	rigs := map[*drivers.DeviceConfig]*oemsim.Rig{}
+	var rigs drivertest.Rigs[*oemsim.Rig]
 	setup := func(typ string, rec oemsim.Recovery, f oemsim.Faults, raw events.Data, prep func(*bench)) func(t *testing.T) *drivers.DeviceConfig {
 		return func(t *testing.T) *drivers.DeviceConfig {
 			b := start(t, typ, rec, f, raw)
 			if prep != nil {
 				prep(b)
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			rigs[b.cfg] = b.rig
+			rigs.Add(t, b.cfg, b.rig)
 			return b.cfg
 		}
 	}
 	check := func(f func(t *testing.T, rig *oemsim.Rig, output string)) func(t *testing.T, cfg *drivers.DeviceConfig, output string, _ error) {
 		return func(t *testing.T, cfg *drivers.DeviceConfig, output string, _ error) {
-			mu.Lock()
-			rig := rigs[cfg]
-			mu.Unlock()
-			f(t, rig, output)
+			f(t, rigs.Of(t, cfg), output)
 		}
 	}
 	isoUntouched := check(untouched)

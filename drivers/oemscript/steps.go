@@ -19,9 +19,12 @@ import (
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/display"
 	"github.com/flingerlab/flinger/drivers/flash"
 	"github.com/flingerlab/flinger/drivers/image"
 	"github.com/flingerlab/flinger/drivers/oemrecovery/oemdut"
+	"github.com/flingerlab/flinger/drivers/osrelease"
+	"github.com/flingerlab/flinger/drivers/remote"
 	"github.com/flingerlab/flinger/drivers/sshx"
 )
 
@@ -79,7 +82,7 @@ func (p *provisioning) provision(ctx context.Context) error {
 	if p.ubr {
 		recovery = "ubuntu-recovery"
 	}
-	p.say("Installing %s on %s laptop %s with %s", oemdut.Printable(p.src.URL), p.d.vendor.Name, oemdut.Printable(p.dev.Name), recovery)
+	p.say("Installing %s on %s laptop %s with %s", display.Printable(p.src.URL), p.d.vendor.Name, display.Printable(p.dev.Name), recovery)
 	c, err := p.t.Reach(ctx)
 	if err != nil {
 		return err
@@ -121,7 +124,7 @@ func (p *provisioning) exec(ctx context.Context, c *sshx.Client, timeout time.Du
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	_, err := c.RunInput(cctx, argv, stdin, stdout, tail)
-	cmd := oemdut.Printable(strings.Join(argv, " "))
+	cmd := display.Printable(strings.Join(argv, " "))
 	switch {
 	case err == nil:
 		return nil
@@ -181,7 +184,7 @@ func (p *provisioning) reboot(ctx context.Context, c *sshx.Client, what string, 
 	case ctx.Err() != nil:
 		_ = c.Close()
 		return p.cancelled(ctx)
-	case err != nil && oemdut.IsExit(err):
+	case err != nil && remote.IsExit(err):
 		_ = c.Close()
 		return &drivers.ProvisioningError{Err: fmt.Errorf("%s: %w", what, err)}
 	case err != nil:
@@ -191,7 +194,7 @@ func (p *provisioning) reboot(ctx context.Context, c *sshx.Client, what string, 
 		if ctx.Err() != nil {
 			return p.cancelled(ctx)
 		}
-		return &drivers.ProvisioningError{Err: fmt.Errorf("device %s: %s: %w", oemdut.Printable(p.dev.Name), strings.Join(argv, " "), err)}
+		return &drivers.ProvisioningError{Err: fmt.Errorf("device %s: %s: %w", display.Printable(p.dev.Name), strings.Join(argv, " "), err)}
 	}
 	return nil
 }
@@ -319,11 +322,11 @@ func (p *provisioning) copyISO(ctx context.Context, c *sshx.Client, room int64) 
 	}
 	if err := p.run(ctx, c, "sudo", "mount", "-o", "loop,ro", iso, isoMount); err != nil {
 		p.removeISO(ctx, c)
-		return p.failed(ctx, fmt.Errorf("the device cannot mount the image as an ISO (is %s an ISO?): %w", oemdut.Printable(p.src.URL), err))
+		return p.failed(ctx, fmt.Errorf("the device cannot mount the image as an ISO (is %s an ISO?): %w", display.Printable(p.src.URL), err))
 	}
 	if info, err := p.output(ctx, c, "cat", isoMount+"/.disk/info"); err == nil {
 		p.isoInfo = strings.TrimSpace(info)
-		p.say("The ISO is %s", oemdut.Printable(p.isoInfo))
+		p.say("The ISO is %s", display.Printable(p.isoInfo))
 	}
 	return nil
 }
@@ -482,10 +485,10 @@ func (p *provisioning) awaitRecovery(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return p.cancelled(ctx)
 		}
-		if oemdut.IsHostKeyError(err) {
-			return &drivers.ProvisioningError{Err: fmt.Errorf("device %s: refusing the host key of the reinstalled system (it changed again after the reinstall, or ssh.host_keys pins the old one and must be updated): %w", oemdut.Printable(p.dev.Name), err)}
+		if sshx.IsHostKeyError(err) {
+			return &drivers.ProvisioningError{Err: fmt.Errorf("device %s: refusing the host key of the reinstalled system (it changed again after the reinstall, or ssh.host_keys pins the old one and must be updated): %w", display.Printable(p.dev.Name), err)}
 		}
-		return drivers.Recovery("device %s did not come back from its recovery within %s: %w", oemdut.Printable(p.dev.Name), o.recoveryTimeout, err)
+		return drivers.Recovery("device %s did not come back from its recovery within %s: %w", display.Printable(p.dev.Name), o.recoveryTimeout, err)
 	}
 	rl := p.t.Login
 	rl.User, rl.Password = o.recoveryUser, o.recoveryPassword
@@ -554,7 +557,7 @@ func (p *provisioning) awaitOEMConfig(ctx context.Context, c *sshx.Client, login
 		if strings.TrimSpace(out.String()) == "inactive" {
 			return c, nil
 		}
-		if err != nil && !oemdut.IsExit(err) {
+		if err != nil && !remote.IsExit(err) {
 			// The connection ended: the system may be rebooting.
 			_ = c.Close()
 			if ctx.Err() != nil {
@@ -583,37 +586,19 @@ func (p *provisioning) checkSystem(ctx context.Context, c *sshx.Client, took tim
 		return drivers.Recovery("reading the reinstalled system's /etc/os-release: %w", err)
 	}
 	if p.bootID != "" && oemdut.BootID(ctx, c) == p.bootID {
-		return &drivers.ProvisioningError{Err: fmt.Errorf("device %s did not reboot into its recovery: it is still in the boot the recovery was started from", oemdut.Printable(p.dev.Name))}
+		return &drivers.ProvisioningError{Err: fmt.Errorf("device %s did not reboot into its recovery: it is still in the boot the recovery was started from", display.Printable(p.dev.Name))}
 	}
-	rel := ParseOSRelease(osr)
+	rel := osrelease.Parse(osr)
 	name := rel["PRETTY_NAME"]
 	if name == "" {
 		name = rel["NAME"] + " " + rel["VERSION_ID"]
 	}
 	if ok, checked := SameRelease(p.isoInfo, rel["VERSION_ID"]); checked && !ok {
 		return &drivers.ProvisioningError{Err: fmt.Errorf("the device came back with %s, which is not the ISO's system (%s): the recovery did not install the ISO",
-			oemdut.Printable(name), oemdut.Printable(p.isoInfo))}
+			display.Printable(name), display.Printable(p.isoInfo))}
 	}
-	p.say("The device is back with %s (after %s)", oemdut.Printable(name), took.Round(100*time.Millisecond))
+	p.say("The device is back with %s (after %s)", display.Printable(name), took.Round(100*time.Millisecond))
 	return nil
-}
-
-// ParseOSRelease parses os-release content into its variables, unquoted.
-func ParseOSRelease(s string) map[string]string {
-	m := map[string]string{}
-	for _, l := range strings.Split(s, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(l), "=")
-		if !ok || strings.HasPrefix(k, "#") {
-			continue
-		}
-		if u, err := strconv.Unquote(v); err == nil {
-			v = u
-		} else {
-			v = strings.Trim(v, `'"`)
-		}
-		m[k] = v
-	}
-	return m
 }
 
 // version matches an Ubuntu version in an ISO's .disk/info.

@@ -30,12 +30,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os/exec"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/flingerlab/flinger/drivers"
+	"github.com/flingerlab/flinger/drivers/devconf"
+	"github.com/flingerlab/flinger/drivers/display"
+	"github.com/flingerlab/flinger/drivers/localcmd"
 	"github.com/flingerlab/flinger/drivers/sshx"
 	"github.com/flingerlab/flinger/events"
 )
@@ -62,51 +64,13 @@ const MaxDuration = 12 * time.Hour
 // running true).
 const CheckTimeout = 30 * time.Second
 
-// waitDelay is how long a reboot_script command's output may stay open
-// after it was killed or has exited (a child holding it); short enough
-// that a cancelled phase still returns promptly.
-const waitDelay = time.Second
-
-// Duration reads the duration key of d: whole seconds, a Go duration
-// ("500ms", "1m30s") or a Flinger duration ("2h30m"); def when it is
-// absent. A value outside [lowest, MaxDuration] is an error naming the key.
-func Duration(d events.Data, key string, def, lowest time.Duration) (time.Duration, error) {
-	v, err := d.Duration(key, def)
-	if s, ok := d[key].(string); ok {
-		if p, perr := time.ParseDuration(strings.TrimSpace(s)); perr == nil {
-			v, err = p, nil
-		}
-	}
-	if err != nil {
-		return 0, err
-	}
-	if v < lowest || v > MaxDuration {
-		return 0, fmt.Errorf("%s: %s out of range (%s to %s)", key, v, lowest, MaxDuration)
-	}
-	return v, nil
-}
-
-// Strings reads a key holding a list of strings, or a single string (one
-// element). Empty elements are errors naming the key and the index.
+// Strings reads a key holding a list of commands, or a single one, each
+// run as given (see devconf.Strings). Empty commands are errors naming the
+// key and the index.
 func Strings(d events.Data, key string) ([]string, error) {
-	var out []string
-	switch v := d[key].(type) {
-	case nil:
-		return nil, nil
-	case string:
-		out = []string{v}
-	case []string:
-		out = append(out, v...)
-	case []any:
-		for i, e := range v {
-			s, ok := e.(string)
-			if !ok {
-				return nil, fmt.Errorf("%s[%d]: must be a string, got %s", key, i, events.TypeName(e))
-			}
-			out = append(out, s)
-		}
-	default:
-		return nil, fmt.Errorf("%s: must be a list of strings, got %s", key, events.TypeName(v))
+	out, err := devconf.Strings(d, key)
+	if err != nil {
+		return nil, err
 	}
 	for i, s := range out {
 		if strings.TrimSpace(s) == "" {
@@ -134,30 +98,17 @@ type Settings struct {
 // ParseSettings reads the keys of this package from cfg.
 func ParseSettings(cfg *drivers.DeviceConfig) (Settings, error) {
 	var s Settings
-	for _, k := range []struct {
-		key string
-		def time.Duration
-		dst *time.Duration
-	}{
-		{"reboot_script_timeout", DefaultRebootScriptTimeout, &s.RebootScriptTimeout},
-		{"boot_timeout", DefaultBootTimeout, &s.BootTimeout},
-		{"boot_check_interval", DefaultBootCheckInterval, &s.BootCheckInterval},
-		{"shutdown_timeout", DefaultShutdownTimeout, &s.ShutdownTimeout},
-	} {
-		v, err := Duration(cfg.Raw, k.key, k.def, time.Millisecond)
-		if err != nil {
-			return s, err
-		}
-		*k.dst = v
+	if err := devconf.Durations(cfg.Raw, MaxDuration,
+		devconf.DurationKey{Key: "reboot_script_timeout", Default: DefaultRebootScriptTimeout, Dst: &s.RebootScriptTimeout},
+		devconf.DurationKey{Key: "boot_timeout", Default: DefaultBootTimeout, Dst: &s.BootTimeout},
+		devconf.DurationKey{Key: "boot_check_interval", Default: DefaultBootCheckInterval, Dst: &s.BootCheckInterval},
+		devconf.DurationKey{Key: "shutdown_timeout", Default: DefaultShutdownTimeout, Dst: &s.ShutdownTimeout},
+	); err != nil {
+		return s, err
 	}
-	for i, c := range cfg.RebootScript {
-		argv := strings.Fields(c)
-		if len(argv) == 0 {
-			return s, fmt.Errorf("reboot_script[%d]: empty command", i)
-		}
-		s.RebootScript = append(s.RebootScript, argv)
-	}
-	return s, nil
+	var err error
+	s.RebootScript, err = devconf.Split("reboot_script", cfg.RebootScript)
+	return s, err
 }
 
 // Target is one phase's access to a device.
@@ -221,22 +172,7 @@ func NewTarget(run *drivers.Run, dev *drivers.DeviceConfig, s Settings) (*Target
 }
 
 // Who names the login user and address for messages.
-func Who(cfg sshx.Config) string { return Printable(cfg.User) + "@" + cfg.Addr }
-
-// Printable quotes s when it holds control characters, so that a
-// configured or job value cannot forge lines of output.
-func Printable(s string) string {
-	if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return fmt.Sprintf("%q", s)
-	}
-	return s
-}
-
-// IsHostKeyError reports whether err is a host key the policy refused.
-func IsHostKeyError(err error) bool {
-	var changed *sshx.HostKeyChangedError
-	return errors.As(err, &changed) || errors.Is(err, sshx.ErrUnknownHost)
-}
+func Who(cfg sshx.Config) string { return display.Printable(cfg.User) + "@" + cfg.Addr }
 
 // Check logs in with cfg and runs true, within CheckTimeout and the
 // boot check interval, returning the client on success.
@@ -275,7 +211,7 @@ func (t *Target) Reach(ctx context.Context) (*sshx.Client, error) {
 	}
 	fmt.Fprintf(t.out(), "The device does not answer: %v\n", err)
 	if len(t.Settings.RebootScript) == 0 {
-		return nil, drivers.Recovery("device %s does not answer ssh as %s and has no reboot_script to reset it: %w", Printable(t.Name), Who(t.Login), err)
+		return nil, drivers.Recovery("device %s does not answer ssh as %s and has no reboot_script to reset it: %w", display.Printable(t.Name), Who(t.Login), err)
 	}
 	if err := t.HardReset(ctx); err != nil {
 		return nil, err
@@ -287,10 +223,10 @@ func (t *Target) Reach(ctx context.Context) (*sshx.Client, error) {
 // attempt, means something other than "the device does not answer".
 func (t *Target) refused(ctx context.Context, err error, prefix string) error {
 	if ctx.Err() != nil {
-		return fmt.Errorf("reaching device %s: %w", Printable(t.Name), ctx.Err())
+		return fmt.Errorf("reaching device %s: %w", display.Printable(t.Name), ctx.Err())
 	}
-	if IsHostKeyError(err) {
-		return &drivers.ProvisioningError{Err: fmt.Errorf("device %s: refusing its host key (a host key only changes when the device is reinstalled; an operator must check it): %w", Printable(t.Name), err)}
+	if sshx.IsHostKeyError(err) {
+		return &drivers.ProvisioningError{Err: fmt.Errorf("device %s: refusing its host key (a host key only changes when the device is reinstalled; an operator must check it): %w", display.Printable(t.Name), err)}
 	}
 	if errors.Is(err, sshx.ErrAuth) {
 		return &drivers.ProvisioningError{Err: fmt.Errorf("%s refuses the login as %s (check test_username, test_password and ssh.key_file): %w", prefix, Who(t.Login), err)}
@@ -312,7 +248,7 @@ func (t *Target) WaitUp(ctx context.Context, cfg sshx.Config, timeout time.Durat
 	if e := t.refused(ctx, err, "the device came back but"); e != nil {
 		return nil, e
 	}
-	return nil, drivers.Recovery("device %s did not answer ssh as %s within %s of %s: %w", Printable(t.Name), Who(cfg), timeout, after, err)
+	return nil, drivers.Recovery("device %s did not answer ssh as %s within %s of %s: %w", display.Printable(t.Name), Who(cfg), timeout, after, err)
 }
 
 // Poll tries to log in with cfg every interval for up to timeout, and
@@ -327,7 +263,7 @@ func (t *Target) Poll(ctx context.Context, cfg sshx.Config, timeout, interval ti
 	err := sshx.Retry(wctx, sshx.Backoff{Initial: iv, Max: iv, Multiplier: 1, Jitter: 0.1}, func(ctx context.Context) error {
 		cl, err := t.Check(ctx, cfg)
 		if err != nil {
-			if IsHostKeyError(err) {
+			if sshx.IsHostKeyError(err) {
 				return sshx.Permanent(err)
 			}
 			t.log().Debug("oem: device not answering yet", "err", err)
@@ -338,7 +274,7 @@ func (t *Target) Poll(ctx context.Context, cfg sshx.Config, timeout, interval ti
 	})
 	if err != nil {
 		if errors.Is(ctx.Err(), context.Canceled) {
-			return nil, fmt.Errorf("waiting for device %s: %w", Printable(t.Name), ctx.Err())
+			return nil, fmt.Errorf("waiting for device %s: %w", display.Printable(t.Name), ctx.Err())
 		}
 		return nil, err
 	}
@@ -350,27 +286,13 @@ func (t *Target) Poll(ctx context.Context, cfg sshx.Config, timeout, interval ti
 // run's environment, each within reboot_script_timeout. A command that
 // fails or times out is a *drivers.RecoveryError.
 func (t *Target) HardReset(ctx context.Context) error {
-	for i, argv := range t.Settings.RebootScript {
-		fmt.Fprintf(t.out(), "Running reboot_script[%d]: %s\n", i, Printable(strings.Join(argv, " ")))
-		cctx, cancel := context.WithTimeout(ctx, t.Settings.RebootScriptTimeout)
-		cmd := exec.CommandContext(cctx, argv[0], argv[1:]...)
-		cmd.Dir = t.Dir
-		cmd.Env = t.Env
-		cmd.Stdout, cmd.Stderr = t.out(), t.out()
-		cmd.WaitDelay = waitDelay
-		err := cmd.Run()
-		timedOut := errors.Is(cctx.Err(), context.DeadlineExceeded)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return fmt.Errorf("reboot_script[%d]: %w", i, ctx.Err())
-		case timedOut:
-			return drivers.Recovery("reboot_script[%d] %s timed out after %s", i, Printable(argv[0]), t.Settings.RebootScriptTimeout)
-		case err != nil:
-			return drivers.Recovery("reboot_script[%d] %s failed: %w", i, Printable(argv[0]), err)
-		}
+	s := localcmd.Script{Key: "reboot_script", Cmds: t.Settings.RebootScript, Timeout: t.Settings.RebootScriptTimeout}
+	err := localcmd.Runner{Dir: t.Dir, Env: t.Env, Out: t.out()}.Run(ctx, s)
+	var le *localcmd.Error
+	if errors.As(err, &le) {
+		return drivers.Recovery("%w", err)
 	}
-	return nil
+	return err
 }
 
 // ErrStillUp reports that a device told to reboot did not go down.
@@ -397,13 +319,6 @@ func WaitDown(ctx context.Context, c *sshx.Client, timeout time.Duration) error 
 	case <-t.C:
 		return fmt.Errorf("%w within %s", ErrStillUp, timeout)
 	}
-}
-
-// IsExit reports whether err says a remote command ran and exited with a
-// status other than 0 (rather than the connection failing).
-func IsExit(err error) bool {
-	var ee *sshx.ExitError
-	return errors.As(err, &ee)
 }
 
 // Sleep waits for d or until ctx is done.

@@ -17,45 +17,6 @@ import (
 	"github.com/flingerlab/flinger/events"
 )
 
-func TestDuration(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		name string
-		v    any
-		want time.Duration
-		err  string
-	}{
-		{"absent", nil, time.Minute, ""},
-		{"seconds", 90, 90 * time.Second, ""},
-		{"float seconds from JSON", 90.0, 90 * time.Second, ""},
-		{"seconds as a string", "90", 90 * time.Second, ""},
-		{"go duration", "500ms", 500 * time.Millisecond, ""},
-		{"flinger duration", "1d", 24 * time.Hour, "out of range"},
-		{"hours and minutes", "1h30m", 90 * time.Minute, ""},
-		{"too long", "13h", 0, "out of range"},
-		{"zero", 0, 0, "out of range"},
-		{"garbage", "soon", 0, "boot_timeout"},
-		{"wrong type", true, 0, "boot_timeout"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			d := events.Data{}
-			if tc.v != nil {
-				d["boot_timeout"] = tc.v
-			}
-			got, err := oemdut.Duration(d, "boot_timeout", time.Minute, time.Millisecond)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Errorf("Duration(%v) = %v, %v; want an error mentioning %q", tc.v, got, err, tc.err)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Errorf("Duration(%v) = %v, %v; want %v", tc.v, got, err, tc.want)
-			}
-		})
-	}
-}
-
 func TestStrings(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -123,17 +84,6 @@ func TestTail(t *testing.T) {
 	}
 }
 
-func TestPrintable(t *testing.T) {
-	t.Parallel()
-	if got := oemdut.Printable("ubuntu"); got != "ubuntu" {
-		t.Errorf("Printable(ubuntu) = %q", got)
-	}
-	if got := oemdut.Printable("a\nforged line"); strings.Contains(got, "\n") {
-		t.Errorf("Printable kept a newline: %q", got)
-	}
-}
-
-// target returns a Target for a DUT at addr with reboot_script script.
 func target(t *testing.T, addr string, script ...string) *oemdut.Target {
 	t.Helper()
 	s, err := oemdut.ParseSettings(&drivers.DeviceConfig{RebootScript: script, Raw: events.Data{
