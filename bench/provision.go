@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -1170,7 +1169,7 @@ func (s *opensshd) start(ctx context.Context, hostKey, authKeys string) error {
 			return ctx.Err()
 		default:
 		}
-		if sshBanner(s.addr) {
+		if sshx.Answers(context.Background(), s.addr, 2*time.Second) == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -1179,19 +1178,6 @@ func (s *opensshd) start(ctx context.Context, hostKey, authKeys string) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// sshBanner reports whether an SSH server answers on addr.
-func sshBanner(addr string) bool {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return false
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	buf := make([]byte, 8)
-	n, _ := conn.Read(buf)
-	return bytes.HasPrefix(buf[:n], []byte("SSH-2.0-"))
 }
 
 // stop ends the sshd process: SIGTERM, then SIGKILL.

@@ -17,7 +17,6 @@
 package sshtest
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -289,7 +288,7 @@ func (s *Server) start() error {
 			return fmt.Errorf("sshd exited at start: %v", p.err)
 		default:
 		}
-		if banner(s.Addr) {
+		if sshx.Answers(context.Background(), s.Addr, 2*time.Second) == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -298,19 +297,6 @@ func (s *Server) start() error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// banner reports whether an SSH server answers on addr.
-func banner(addr string) bool {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return false
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	buf := make([]byte, 8)
-	n, _ := conn.Read(buf)
-	return bytes.HasPrefix(buf[:n], []byte("SSH-2.0-"))
 }
 
 // Stop stops the server (connections already made keep their own

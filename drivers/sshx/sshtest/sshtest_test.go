@@ -5,6 +5,9 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/flingerlab/flinger/drivers/sshx"
 )
 
 // recorder is a testing.TB that records Skipf and Fatalf.
@@ -76,7 +79,7 @@ func TestServer(t *testing.T) {
 	}
 	srv.Stop()
 	srv.Stop() // twice is fine
-	if banner(srv.Addr) {
+	if sshx.Answers(t.Context(), srv.Addr, 2*time.Second) == nil {
 		t.Error("the server still answers after Stop")
 	}
 }
