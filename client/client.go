@@ -75,25 +75,37 @@ func Submit(ctx context.Context, c *broker.Client, data []byte, format events.Fo
 	return &reply, nil
 }
 
-// Cancel asks the orchestrator to cancel a job and returns its state afterwards.
-func Cancel(ctx context.Context, c *broker.Client, jobID, comment string) (events.JobState, error) {
-	data, err := events.Encode(&events.CtlRequest{JobID: jobID, Comment: comment})
+// Control sends req to the control service's verb (cancel, device-set,
+// reserve-extend) and returns its reply; an error the service reports is
+// returned as an error, with the reply.
+func Control(ctx context.Context, c *broker.Client, verb string, req *events.CtlRequest) (*events.CtlReply, error) {
+	data, err := events.Encode(req)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	m, err := c.NC.RequestWithContext(ctx, c.Subj.Ctl("cancel"), data)
+	m, err := c.NC.RequestWithContext(ctx, c.Subj.Ctl(verb), data)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
-			return "", errors.New("cancel: no orchestrator is running")
+			return nil, fmt.Errorf("%s: no orchestrator is running", verb)
 		}
-		return "", fmt.Errorf("cancel: %w", err)
+		return nil, fmt.Errorf("%s: %w", verb, err)
 	}
 	var reply events.CtlReply
 	if err := events.Decode(m.Data, &reply); err != nil {
-		return "", fmt.Errorf("cancel: %w", err)
+		return nil, fmt.Errorf("%s: %w", verb, err)
 	}
 	if reply.Error != "" {
-		return reply.State, errors.New(reply.Error)
+		return &reply, errors.New(reply.Error)
 	}
-	return reply.State, nil
+	return &reply, nil
+}
+
+// Cancel asks the orchestrator to cancel job jobID and returns the job's
+// state afterwards.
+func Cancel(ctx context.Context, c *broker.Client, jobID, comment string) (events.JobState, error) {
+	reply, err := Control(ctx, c, "cancel", &events.CtlRequest{JobID: jobID, Comment: comment})
+	if reply == nil {
+		return "", err
+	}
+	return reply.State, err
 }

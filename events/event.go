@@ -44,6 +44,23 @@ const (
 	// written to the device), total (the compressed size, -1 when
 	// unknown) and rate (bytes fetched per second).
 	EventProvisionProgress = "provision_progress"
+	// EventAllocationTimeout: a multi-device job's children were not all
+	// allocated within its allocation_timeout; every child is cancelled.
+	EventAllocationTimeout = "allocation_timeout"
+	// EventReservationExtended: `flinger reserve extend` moved the end of
+	// the job's reservation; Data holds reserve_until.
+	EventReservationExtended = "reservation_extended"
+	// EventReservationExpired: the job's reservation ran to its end.
+	EventReservationExpired = "reservation_expired"
+	// EventAttemptLost: the device running the job stopped renewing its
+	// lease (its worker was lost); the job is requeued or failed by policy.
+	EventAttemptLost = "attempt_lost"
+	// EventChildJobs: a multi-device job created its child jobs; Data
+	// holds job_ids.
+	EventChildJobs = "child_jobs"
+	// EventHealthCheck: a device's health check ended; Data holds passed
+	// and the health job's id.
+	EventHealthCheck = "health_check"
 )
 
 // PhaseStart is the event a phase begins with, such as "provision_start".

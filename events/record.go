@@ -79,6 +79,16 @@ type JobRecord struct {
 	StartedAt time.Time `msgpack:"started_at,omitempty" json:"started_at,omitzero"`
 	// EndedAt is when the job ended.
 	EndedAt time.Time `msgpack:"ended_at,omitempty" json:"ended_at,omitzero"`
+	// Generation counts the times the orchestrator put the job back in its
+	// queue; a queued copy of an older generation is dropped on delivery.
+	Generation int `msgpack:"generation,omitempty" json:"generation,omitempty"`
+	// Attempts tells the story of every attempt that did not finish the
+	// job: which device, how it ended and why.
+	Attempts []Attempt `msgpack:"attempts,omitempty" json:"attempts,omitempty"`
+	// Children are the child jobs a multi-device job created.
+	Children []string `msgpack:"children,omitempty" json:"children,omitempty"`
+	// ReserveUntil is when the job's reservation ends, while it is reserved.
+	ReserveUntil time.Time `msgpack:"reserve_until,omitempty" json:"reserve_until,omitzero"`
 
 	// Extra keeps fields this version does not know.
 	Extra map[string]any `msgpack:"-" json:"-"`
@@ -96,6 +106,31 @@ func (r *JobRecord) EncodeMsgpack(enc *msgpack.Encoder) error {
 func (r *JobRecord) DecodeMsgpack(dec *msgpack.Decoder) error {
 	return decodeStruct(dec, reflect.ValueOf(r).Elem(), &r.Extra)
 }
+
+// Attempt is one device's try at a job that did not finish it there.
+type Attempt struct {
+	// N is the attempt's number, from 1.
+	N int `msgpack:"n" json:"n"`
+	// Device is the device that ran it, and Host its lab host.
+	Device string `msgpack:"device" json:"device"`
+	Host   string `msgpack:"host,omitempty" json:"host,omitempty"`
+	// Phase is the phase it was in when it stopped.
+	Phase Phase `msgpack:"phase,omitempty" json:"phase,omitempty"`
+	// Result is how it ended: recovery_fail, attempt_lost or handed_back.
+	Result string `msgpack:"result" json:"result"`
+	// Detail says why.
+	Detail string `msgpack:"detail,omitempty" json:"detail,omitempty"`
+	// StartedAt and EndedAt bound it.
+	StartedAt time.Time `msgpack:"started_at,omitempty" json:"started_at,omitzero"`
+	EndedAt   time.Time `msgpack:"ended_at,omitempty" json:"ended_at,omitzero"`
+}
+
+// Results of an Attempt.
+const (
+	AttemptRecoveryFail = "recovery_fail"
+	AttemptLost         = "attempt_lost"
+	AttemptHandedBack   = "handed_back"
+)
 
 // FieldError names one bad field of a job and what is wrong with it.
 type FieldError struct {
@@ -127,6 +162,12 @@ type CtlRequest struct {
 	Device string `msgpack:"device,omitempty" json:"device,omitempty"`
 	// Comment says why.
 	Comment string `msgpack:"comment,omitempty" json:"comment,omitempty"`
+	// State is the device state asked for by `device set`: online
+	// (idle), offline or maintenance.
+	State string `msgpack:"state,omitempty" json:"state,omitempty"`
+	// Duration is how much longer a reservation should last, for
+	// `reserve extend` (Go or Testflinger duration syntax: 90m, 2h30m, 3600).
+	Duration string `msgpack:"duration,omitempty" json:"duration,omitempty"`
 }
 
 // CtlReply answers a CtlRequest.
@@ -135,6 +176,10 @@ type CtlReply struct {
 	Error string `msgpack:"error,omitempty" json:"error,omitempty"`
 	// State is the job's state after the request.
 	State JobState `msgpack:"state,omitempty" json:"state,omitempty"`
+	// Device is the device's status after a device request.
+	Device *DeviceStatus `msgpack:"device,omitempty" json:"device,omitempty"`
+	// ReserveUntil is when the reservation now ends, after reserve extend.
+	ReserveUntil time.Time `msgpack:"reserve_until,omitempty" json:"reserve_until,omitzero"`
 }
 
 // LogChunk is a numbered piece of a phase's output or serial log.

@@ -23,6 +23,9 @@ const (
 	HeaderRecordRevision = "Flinger-Record-Revision"
 	// HeaderSubmittedAt on a queued job is when intake accepted it (RFC 3339).
 	HeaderSubmittedAt = "Flinger-Submitted-At"
+	// HeaderGeneration on a queued job is its record's Generation when it
+	// was queued; a copy older than the record's is dropped.
+	HeaderGeneration = "Flinger-Generation"
 	// HeaderMsgID is JetStream's de-duplication header.
 	HeaderMsgID = "Nats-Msg-Id"
 )
@@ -151,6 +154,14 @@ func (s Subjects) CancelSignal(jobID string) string { return s.join("signal", "c
 // CancelSignals matches every job's cancel signal; the job's token is the
 // last one.
 func (s Subjects) CancelSignals() string { return s.join("signal", "cancel", "*") }
+
+// ReserveSignal is where the orchestrator tells the worker holding job id's
+// reservation that its end moved (the record holds the new end).
+func (s Subjects) ReserveSignal(jobID string) string { return s.join("signal", "reserve", Token(jobID)) }
+
+// ReserveSignals matches every job's reservation signal; the job's token is
+// the last one.
+func (s Subjects) ReserveSignals() string { return s.join("signal", "reserve", "*") }
 
 // Ctl is the control service's request subject for verb, such as "cancel".
 func (s Subjects) Ctl(verb string) string { return s.join("ctl", verb) }

@@ -22,19 +22,47 @@ const Version = "0.1.0"
 // errEnded reports a request about a job that has already ended.
 var errEnded = errors.New("job has already ended")
 
+// ctlEndpoint is one verb of the control service.
+type ctlEndpoint struct {
+	verb        string
+	description string
+	handle      func(ctx context.Context, req *events.CtlRequest) *events.CtlReply
+}
+
+// endpoints lists the control service's verbs; each answers on
+// <prefix>.ctl.<verb>.
+func (o *Orchestrator) endpoints() []ctlEndpoint {
+	return []ctlEndpoint{
+		{"cancel", "cancel a job: {job_id, comment}", o.ctlCancel},
+	}
+}
+
 func (o *Orchestrator) startControl() (micro.Service, error) {
 	svc, err := micro.AddService(o.c.NC, micro.Config{
 		Name:        ControlService,
 		Version:     Version,
-		Description: "Flinger control: cancel jobs",
+		Description: "Flinger control: cancel jobs, set devices, extend reservations",
 		QueueGroup:  "flinger-control",
 	})
 	if err != nil {
 		return nil, fmt.Errorf("control service: %w", err)
 	}
-	if err := svc.AddEndpoint("cancel", micro.HandlerFunc(o.handleCancel), micro.WithEndpointSubject(o.c.Subj.Ctl("cancel"))); err != nil {
-		_ = svc.Stop()
-		return nil, fmt.Errorf("control service: %w", err)
+	for _, ep := range o.endpoints() {
+		h := micro.HandlerFunc(func(r micro.Request) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			req, err := decodeCtl(r.Data())
+			if err != nil {
+				respond(r, &events.CtlReply{Error: err.Error()})
+				return
+			}
+			respond(r, ep.handle(ctx, req))
+		})
+		if err := svc.AddEndpoint(ep.verb, h, micro.WithEndpointSubject(o.c.Subj.Ctl(ep.verb)),
+			micro.WithEndpointMetadata(map[string]string{"description": ep.description})); err != nil {
+			_ = svc.Stop()
+			return nil, fmt.Errorf("control service: %s: %w", ep.verb, err)
+		}
 	}
 	return svc, nil
 }
@@ -63,24 +91,16 @@ func respond(r micro.Request, reply *events.CtlReply) {
 	_ = r.Respond(data)
 }
 
-func (o *Orchestrator) handleCancel(r micro.Request) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, err := decodeCtl(r.Data())
-	if err != nil {
-		respond(r, &events.CtlReply{Error: err.Error()})
-		return
-	}
+func (o *Orchestrator) ctlCancel(ctx context.Context, req *events.CtlRequest) *events.CtlReply {
 	if req.JobID == "" {
-		respond(r, &events.CtlReply{Error: "cancel: job_id is required"})
-		return
+		return &events.CtlReply{Error: "cancel: job_id is required"}
 	}
 	state, err := o.Cancel(ctx, req.JobID, req.Comment)
 	reply := &events.CtlReply{State: state}
 	if err != nil {
 		reply.Error = err.Error()
 	}
-	respond(r, reply)
+	return reply
 }
 
 // Cancel cancels job id: a job still waiting ends at once; a running job's

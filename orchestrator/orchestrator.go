@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/flingerlab/flinger/broker"
+	"github.com/flingerlab/flinger/metrics"
 )
 
 // Config configures an orchestrator.
@@ -24,12 +25,44 @@ type Config struct {
 	Client *broker.Client
 	// MaxJobBytes is the largest job accepted (default events.DefaultMaxJobBytes).
 	MaxJobBytes int
+	// MaxAttempts bounds how many devices may start one job: after a
+	// recovery failure or a lost worker the job is requeued to another
+	// device until this many have tried (default 3; 1 never requeues).
+	MaxAttempts int
+	// LostJobPolicy says what happens to the job of a device whose worker
+	// stopped renewing its lease: "requeue" (default) or "fail".
+	LostJobPolicy string
+	// DeviceTimeout is how long a device's heartbeat may be missing before
+	// its health becomes unknown and its job is handled as lost (default
+	// 3 × workers.DefaultHeartbeat + 15 s = 60 s).
+	DeviceTimeout time.Duration
+	// MaxReservation caps how long a reservation may last in all, from the
+	// start of its reserve phase, when `reserve extend` moves its end
+	// (default 6 h, Testflinger's limit without extra permission).
+	MaxReservation time.Duration
+	// WebhookHosts lists the hosts (host or host:port) job_status_webhook
+	// URLs may point at; empty: no webhook is called.
+	WebhookHosts []string
+	// WebhookToken, when set, is sent as a bearer token to webhooks.
+	WebhookToken string
+	// Metrics, when not nil, receives the orchestrator's metrics.
+	Metrics *metrics.Orchestrator
 	// Log is its logger (nil: slog.Default()).
 	Log *slog.Logger
 }
 
+// Defaults for Config's zero values.
+const (
+	DefaultMaxAttempts    = 3
+	DefaultDeviceTimeout  = 60 * time.Second
+	DefaultMaxReservation = 6 * time.Hour
+	LostJobRequeue        = "requeue"
+	LostJobFail           = "fail"
+)
+
 // Orchestrator runs intake and the control service.
 type Orchestrator struct {
+	cfg  Config
 	c    *broker.Client
 	log  *slog.Logger
 	max  int
@@ -50,7 +83,23 @@ func New(cfg Config) (*Orchestrator, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Orchestrator{c: cfg.Client, log: log.With("component", "orchestrator"), max: cfg.MaxJobBytes}, nil
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
+	switch cfg.LostJobPolicy {
+	case "":
+		cfg.LostJobPolicy = LostJobRequeue
+	case LostJobRequeue, LostJobFail:
+	default:
+		return nil, fmt.Errorf("orchestrator: lost-job policy %q: use %s or %s", cfg.LostJobPolicy, LostJobRequeue, LostJobFail)
+	}
+	if cfg.DeviceTimeout <= 0 {
+		cfg.DeviceTimeout = DefaultDeviceTimeout
+	}
+	if cfg.MaxReservation <= 0 {
+		cfg.MaxReservation = DefaultMaxReservation
+	}
+	return &Orchestrator{cfg: cfg, c: cfg.Client, log: log.With("component", "orchestrator"), max: cfg.MaxJobBytes}, nil
 }
 
 // Start begins intake and the control service; ctx bounds only the
@@ -74,12 +123,24 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	o.svc = svc
 	var runCtx context.Context
 	runCtx, o.stop = context.WithCancel(context.Background())
+	o.goLoop(func() { o.intakeLoop(runCtx, cons) })
+	// Each reactor starts its own consumers and loops with goLoop.
+	for _, start := range []func(context.Context, context.Context) error{} {
+		if err := start(ctx, runCtx); err != nil {
+			o.Stop()
+			return err
+		}
+	}
+	return nil
+}
+
+// goLoop runs fn in a goroutine that Stop waits for.
+func (o *Orchestrator) goLoop(fn func()) {
 	o.wg.Add(1)
 	go func() {
 		defer o.wg.Done()
-		o.intakeLoop(runCtx, cons)
+		fn()
 	}()
-	return nil
 }
 
 // Stop ends intake and the control service and waits for them.
