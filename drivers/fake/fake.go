@@ -14,6 +14,10 @@
 //	fail: recovery       # provision fails and the device cannot be recovered
 //	fail: firmware_update  # firmware_update fails (unless firmware_update_data says ignore_failure: true)
 //	fail: cleanup        # cleanup fails
+//
+// The same fail key in the device's own entry of the host file makes that
+// device broken for every job (fail: recovery is a device that never comes
+// back), so that requeueing to another device can be shown and tested.
 package fake
 
 import (
@@ -68,6 +72,8 @@ func init() {
 type Driver struct {
 	drivers.Base
 	cfg *drivers.DeviceConfig
+	// fail is the device's own fail key: how it is broken for every job.
+	fail string
 }
 
 var _ drivers.Driver = (*Driver)(nil)
@@ -77,7 +83,14 @@ func New(cfg *drivers.DeviceConfig) (drivers.Driver, error) {
 	if cfg == nil {
 		return nil, errors.New("fake: no device configuration")
 	}
-	return &Driver{cfg: cfg}, nil
+	fail, err := cfg.Raw.String("fail", "")
+	if err != nil {
+		return nil, fmt.Errorf("fake: device %s: %w", cfg.Name, err)
+	}
+	if fail != "" && !slices.Contains(FailModes, fail) {
+		return nil, fmt.Errorf("fake: device %s: fail: unknown value %q (known: %s)", cfg.Name, fail, strings.Join(FailModes, ", "))
+	}
+	return &Driver{cfg: cfg, fail: fail}, nil
 }
 
 // options are the Flinger-extension keys of provision_data.
@@ -111,13 +124,15 @@ func parseOptions(d events.Data) (options, error) {
 	return o, nil
 }
 
-// failMode returns provision_data.fail, or "" when it is absent or not a string.
-func failMode(run *drivers.Run) string {
-	if run.Job == nil {
-		return ""
+// failMode returns provision_data.fail, else the device's own fail key, or
+// "" when neither is set.
+func (d *Driver) failMode(run *drivers.Run) string {
+	if run.Job != nil {
+		if f, _ := run.Job.ProvisionData.String("fail", ""); f != "" {
+			return f
+		}
 	}
-	f, _ := run.Job.ProvisionData.String("fail", "")
-	return f
+	return d.fail
 }
 
 func out(run *drivers.Run) io.Writer {
@@ -150,6 +165,9 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	fmt.Fprintln(w, banner)
 
 	opts, err := parseOptions(pd)
+	if d.fail != "" && opts.fail == "" {
+		opts.fail = d.fail
+	}
 	run.Logger().Debug("fake provision", "device", d.cfg.Name, "delay", opts.delay, "output_lines", opts.lines, "fail", opts.fail)
 	if err != nil {
 		return &drivers.ProvisioningError{Err: fmt.Errorf("provision_data: %w", err)}
@@ -169,11 +187,11 @@ func (d *Driver) Provision(ctx context.Context, run *drivers.Run) error {
 	}
 	switch opts.fail {
 	case FailProvision:
-		fmt.Fprintln(w, "Fake provisioning failed, as provision_data.fail asks")
+		fmt.Fprintln(w, "Fake provisioning failed, as fail asks")
 		return &drivers.ProvisioningError{Err: errors.New(`fake provisioning failed (provision_data.fail: "provision")`)}
 	case FailRecovery:
-		fmt.Fprintln(w, "Fake device could not be recovered, as provision_data.fail asks")
-		return drivers.Recovery(`fake device could not be recovered (provision_data.fail: %q)`, FailRecovery)
+		fmt.Fprintln(w, "Fake device could not be recovered, as fail asks")
+		return drivers.Recovery(`fake device %s could not be recovered (fail: %q)`, d.cfg.Name, FailRecovery)
 	}
 	fmt.Fprintln(w, "Fake provisioning done")
 	return nil
@@ -248,8 +266,8 @@ func (d *Driver) FirmwareUpdate(ctx context.Context, run *drivers.Run) error {
 	} else {
 		fmt.Fprintf(w, "Fake firmware update to version %s\n", printable(version))
 	}
-	if failMode(run) == FailFirmwareUpdate {
-		fmt.Fprintln(w, "Fake firmware update failed, as provision_data.fail asks")
+	if d.failMode(run) == FailFirmwareUpdate {
+		fmt.Fprintln(w, "Fake firmware update failed, as fail asks")
 		if ignore {
 			fmt.Fprintln(w, "firmware_update_data says ignore_failure: true; continuing")
 			return nil
@@ -282,8 +300,8 @@ func (d *Driver) Cleanup(ctx context.Context, run *drivers.Run) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("fake cleanup: %w", err)
 	}
-	if failMode(run) == FailCleanup {
-		fmt.Fprintln(out(run), "Fake cleanup failed, as provision_data.fail asks")
+	if d.failMode(run) == FailCleanup {
+		fmt.Fprintln(out(run), "Fake cleanup failed, as fail asks")
 		return fmt.Errorf("fake cleanup failed (provision_data.fail: %q)", FailCleanup)
 	}
 	fmt.Fprintln(out(run), "Fake cleanup done")

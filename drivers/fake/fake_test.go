@@ -154,7 +154,7 @@ func TestFirmwareUpdate(t *testing.T) {
 	}{
 		{"succeeds", nil, events.Data{"version": "1.2.3"}, "", []string{"Fake firmware update to version 1.2.3", "Fake firmware update done"}},
 		{"no version", nil, events.Data{"ignore_failure": false}, "", []string{"gives no version"}},
-		{"fails", events.Data{"fail": "firmware_update"}, events.Data{"version": "latest"}, `fake firmware update to version "latest" failed`, []string{"failed, as provision_data.fail asks"}},
+		{"fails", events.Data{"fail": "firmware_update"}, events.Data{"version": "latest"}, `fake firmware update to version "latest" failed`, []string{"failed, as fail asks"}},
 		{"fails, ignored", events.Data{"fail": "firmware_update"}, events.Data{"version": "latest", "ignore_failure": true}, "", []string{"ignore_failure: true; continuing"}},
 		{"other fail mode", events.Data{"fail": "cleanup"}, events.Data{"version": "latest"}, "", []string{"Fake firmware update done"}},
 		{"bad ignore_failure", nil, events.Data{"version": "latest", "ignore_failure": "yes"}, "firmware_update_data: ignore_failure: must be true or false", nil},
