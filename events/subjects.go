@@ -113,12 +113,70 @@ func (s Subjects) Queue(queue string) string {
 	return s.join("queue", fmt.Sprintf("%02d", QueuePartition(queue)), Token(queue))
 }
 
-// Queues matches every queue subject of partition p.
+// Queues matches every queue subject of partition p, priority subjects
+// included.
 func (s Subjects) Queues(p int) string { return s.join("queue", fmt.Sprintf("%02d", p), ">") }
+
+// QueuePriority is the subject a job of queue with job_priority p waits
+// on. Jobs of priority 0 wait on Queue(queue) itself; a job of priority
+// p > 0 waits one token below it, on <prefix>.queue.<partition>.<queue>.p<p>,
+// in the same stream, so that each priority level has a consumer of its
+// own and a device can take the highest level first.
+func (s Subjects) QueuePriority(queue string, p int) string {
+	if p <= 0 {
+		return s.Queue(queue)
+	}
+	return s.Queue(queue) + fmt.Sprintf(".p%d", p)
+}
+
+// QueuePriorities matches the subjects of every priority level above 0 of
+// queue (not Queue(queue) itself).
+func (s Subjects) QueuePriorities(queue string) string { return s.Queue(queue) + ".*" }
+
+// PriorityQueues matches the subjects of every priority level above 0 of
+// every queue of partition p.
+func (s Subjects) PriorityQueues(p int) string {
+	return s.join("queue", fmt.Sprintf("%02d", p), "*", "*")
+}
+
+// QueueReoffer is where a worker says, with a core NATS message whose
+// body is its host's name, that a job of queue at priority p waits again
+// without having been published again (passed on or handed back), so
+// that the other workers serving queue fetch it.
+func (s Subjects) QueueReoffer(queue string, p int) string {
+	return s.join("reoffer", fmt.Sprintf("%02d", QueuePartition(queue)), Token(queue), fmt.Sprintf("p%d", p))
+}
+
+// QueueReoffers matches every QueueReoffer subject.
+func (s Subjects) QueueReoffers() string { return s.join("reoffer", ">") }
+
+// SplitPriority splits a QueuePriority (with p > 0) or QueueReoffer
+// subject into the subject before its last token and the priority that
+// token names; ok is false when the last token names no priority. Only
+// the last token is looked at: callers match subjects of the right length.
+func SplitPriority(subject string) (rest string, p int, ok bool) {
+	i := strings.LastIndexByte(subject, '.')
+	tok := subject[i+1:]
+	if i < 0 || len(tok) < 2 || len(tok) > 10 || tok[0] != 'p' {
+		return "", 0, false
+	}
+	for _, c := range tok[1:] {
+		if c < '0' || c > '9' {
+			return "", 0, false
+		}
+		p = p*10 + int(c-'0')
+	}
+	return subject[:i], p, true
+}
 
 // JobEvent is the subject of event name about job id.
 func (s Subjects) JobEvent(jobID, name string) string {
 	return s.join("events", "job", Token(jobID), Token(name))
+}
+
+// EveryJobEvent matches the event called name about any job.
+func (s Subjects) EveryJobEvent(name string) string {
+	return s.join("events", "job", "*", Token(name))
 }
 
 // JobEvents matches every event about job id.
@@ -157,7 +215,9 @@ func (s Subjects) CancelSignals() string { return s.join("signal", "cancel", "*"
 
 // ReserveSignal is where the orchestrator tells the worker holding job id's
 // reservation that its end moved (the record holds the new end).
-func (s Subjects) ReserveSignal(jobID string) string { return s.join("signal", "reserve", Token(jobID)) }
+func (s Subjects) ReserveSignal(jobID string) string {
+	return s.join("signal", "reserve", Token(jobID))
+}
 
 // ReserveSignals matches every job's reservation signal; the job's token is
 // the last one.
@@ -197,6 +257,20 @@ func (s Subjects) QueueConsumer(queue string) string {
 	// Consumer names may not contain '.', '*', '>', or whitespace; '~' and base64url are fine.
 	return "queue-" + strings.NewReplacer("/", "_2F", ":", "_3A", "+", "_2B", "@", "_40", "=", "_3D").Replace(Token(queue))
 }
+
+// QueuePriorityConsumer names the durable consumer shared by the devices
+// serving queue for its jobs of job_priority p (QueueConsumer for p = 0).
+func (s Subjects) QueuePriorityConsumer(queue string, p int) string {
+	if p <= 0 {
+		return s.QueueConsumer(queue)
+	}
+	return s.QueueConsumer(queue) + fmt.Sprintf("-p%d", p)
+}
+
+// DeviceRecords matches the subjects device status records are stored on
+// (those of the KV bucket DeviceBucket), so that a core NATS subscriber
+// sees each change of any device as it is stored.
+func (s Subjects) DeviceRecords() string { return "$KV." + s.DeviceBucket() + ".>" }
 
 var keyRE = regexp.MustCompile(`^[-_=a-zA-Z0-9/]+$`)
 

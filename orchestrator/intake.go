@@ -142,15 +142,23 @@ func sameJob(a, b *events.Job) bool {
 	return err1 == nil && err2 == nil && string(ea) == string(eb)
 }
 
-// route publishes an accepted job to its queue, de-duplicated on its id,
-// with its record's revision (when known) so a device can claim it at once.
+// route publishes an accepted job to its queue, on the subject of its
+// job_priority, de-duplicated on its id, with its record's revision (when
+// known) so a device can claim it at once.
 func (o *Orchestrator) route(ctx context.Context, rec *events.JobRecord, rev uint64) error {
 	job := &rec.Job
-	msg, err := events.NewMsg(o.c.Subj.Queue(job.JobQueue), job)
+	msg, err := events.NewMsg(o.c.Subj.QueuePriority(job.JobQueue, job.JobPriority), job)
 	if err != nil {
 		return err
 	}
 	msg.Header.Set(events.HeaderMsgID, job.JobID)
+	if rec.Generation > 0 {
+		// A requeued copy: its own de-duplication id, and its generation
+		// so that a device drops any older copy still in the queue.
+		gen := strconv.Itoa(rec.Generation)
+		msg.Header.Set(events.HeaderMsgID, job.JobID+"#"+gen)
+		msg.Header.Set(events.HeaderGeneration, gen)
+	}
 	if rev > 0 {
 		msg.Header.Set(events.HeaderRecordRevision, strconv.FormatUint(rev, 10))
 		msg.Header.Set(events.HeaderSubmittedAt, rec.SubmittedAt.Format(time.RFC3339Nano))
