@@ -22,6 +22,10 @@ var ErrNoDevice = errors.New("no such device")
 // ErrUnchanged is returned by an update function to leave a record as it is.
 var ErrUnchanged = errors.New("record left unchanged")
 
+// ErrConflict reports a compare-and-set write that lost to another writer:
+// the record changed since the revision the writer read.
+var ErrConflict = errors.New("record changed by another writer")
+
 // GetJob returns the record of job id and its revision.
 func (c *Client) GetJob(ctx context.Context, id string) (*events.JobRecord, uint64, error) {
 	e, err := c.Jobs.Get(ctx, events.Key(id))
@@ -154,18 +158,81 @@ func (c *Client) PutDeviceAsync(st *events.DeviceStatus) error {
 
 // GetDevice returns a device's status.
 func (c *Client) GetDevice(ctx context.Context, name string) (*events.DeviceStatus, error) {
+	st, _, err := c.GetDeviceRev(ctx, name)
+	return st, err
+}
+
+// GetDeviceRev returns a device's status and its revision, for a later
+// StoreDevice. A record that cannot be decoded is returned as an error
+// along with its revision, so that its owner can overwrite it.
+func (c *Client) GetDeviceRev(ctx context.Context, name string) (*events.DeviceStatus, uint64, error) {
 	e, err := c.Devices.Get(ctx, events.Key(name))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, fmt.Errorf("device %s: %w", name, ErrNoDevice)
+		return nil, 0, fmt.Errorf("device %s: %w", name, ErrNoDevice)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read device %s: %w", name, err)
+		return nil, 0, fmt.Errorf("read device %s: %w", name, err)
 	}
 	var st events.DeviceStatus
 	if err := events.Decode(e.Value(), &st); err != nil {
-		return nil, fmt.Errorf("device %s: %w", name, err)
+		return nil, e.Revision(), fmt.Errorf("device %s: %w", name, err)
 	}
-	return &st, nil
+	return &st, e.Revision(), nil
+}
+
+// StoreDevice stores a device's status with compare-and-set: rev is the
+// revision the caller last read (0: the device must have no record). It
+// returns the new revision, or an error wrapping ErrConflict when another
+// writer changed the record since.
+func (c *Client) StoreDevice(ctx context.Context, st *events.DeviceStatus, rev uint64) (uint64, error) {
+	st.Type = events.DeviceType
+	data, err := events.Encode(st)
+	if err != nil {
+		return 0, err
+	}
+	key := events.Key(st.Name)
+	var nrev uint64
+	if rev == 0 {
+		nrev, err = c.Devices.Create(ctx, key, data)
+	} else {
+		nrev, err = c.Devices.Update(ctx, key, data, rev)
+	}
+	switch {
+	case err == nil:
+		return nrev, nil
+	case isWrongSequence(err):
+		return 0, fmt.Errorf("store status of device %s: %w", st.Name, ErrConflict)
+	default:
+		return 0, fmt.Errorf("store status of device %s: %w", st.Name, err)
+	}
+}
+
+// UpdateDevice applies fn to the current status of device name and stores
+// the result with compare-and-set, retrying on a concurrent change. fn may
+// be called more than once; it returns ErrUnchanged to store nothing, or
+// another error to abort. UpdateDevice returns the status as stored (or,
+// with ErrUnchanged or fn's error, as fn left it) and its revision; a
+// device without a record is an error wrapping ErrNoDevice.
+func (c *Client) UpdateDevice(ctx context.Context, name string, fn func(*events.DeviceStatus) error) (*events.DeviceStatus, uint64, error) {
+	for attempt := 0; ; attempt++ {
+		st, rev, err := c.GetDeviceRev(ctx, name)
+		if err != nil {
+			return nil, 0, err
+		}
+		if err := fn(st); err != nil {
+			return st, rev, err
+		}
+		nrev, err := c.StoreDevice(ctx, st, rev)
+		if err == nil {
+			return st, nrev, nil
+		}
+		if !errors.Is(err, ErrConflict) || attempt >= 100 {
+			return nil, 0, fmt.Errorf("update device %s: %w", name, err)
+		}
+		if ctx.Err() != nil {
+			return nil, 0, ctx.Err()
+		}
+	}
 }
 
 // ListDevices returns every device's status, sorted by name. Records that

@@ -52,6 +52,16 @@ type DeviceConfig struct {
 	OutputTimeout int
 	// SSHPort is ssh_port: the port of the device's SSH server (0: 22).
 	SSHPort int
+	// HealthCheck is the job file of the device's health check: its own
+	// health_check key, else the host file's health_checks entry for its
+	// name, else the one for its type ("": the device has none). A worker
+	// runs it before a device whose health is unknown or bad takes jobs
+	// again.
+	HealthCheck string
+	// HealthCheckJob is HealthCheck's job, parsed and validated (nil when
+	// the device has no health check). Its job_id and job_queue are set
+	// when it runs.
+	HealthCheckJob *events.Job
 	// SSH are the host's SSH settings (the host file's ssh section),
 	// shared by its devices; nil for a configuration that did not come
 	// from a host file (SSHSettings then gives the defaults).
@@ -79,6 +89,14 @@ type HostConfig struct {
 	// the host resolves no secrets). Only the worker should be able to
 	// read it.
 	SecretsFile string
+	// HealthChecks is health_checks: a device type (provision_type) or a
+	// device name mapped to the job file of its health check. Relative
+	// paths are taken from the host file's directory; every file must
+	// hold a valid job (job_queue may be left out: it is set to the
+	// device's first queue when the check runs). A device's own
+	// health_check key wins over an entry for its name, which wins over
+	// one for its type.
+	HealthChecks map[string]string
 	// Devices is devices: at least one device.
 	Devices []*DeviceConfig
 }
@@ -94,7 +112,7 @@ func LoadHost(path string) (*HostConfig, error) {
 
 // hostKeys are the top-level keys of a host file. Other top-level keys are
 // ignored, so that a single-machine lab file can carry other sections.
-var hostKeys = []string{"host", "run_dir", "ssh", "image_cache", "secrets_file", "devices"}
+var hostKeys = []string{"host", "run_dir", "ssh", "image_cache", "secrets_file", "health_checks", "devices"}
 
 // DefaultImageCacheSize is the image cache's size when image_cache.size
 // is not given.
@@ -285,10 +303,133 @@ func ParseHost(data []byte, source string) (*HostConfig, error) {
 			hc.Devices = append(hc.Devices, dc)
 		}
 	}
+	for _, e := range setHealthChecks(hc, top["health_checks"], filepath.Dir(source)) {
+		fail("%v", e)
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return hc, nil
+}
+
+// setHealthChecks reads the health_checks section (n, nil when absent) and
+// each device's health_check key, loads every job file named (once each),
+// and gives each device the health check that applies to it. Relative
+// paths are taken from dir.
+func setHealthChecks(hc *HostConfig, n *yaml.Node, dir string) []error {
+	var errs []error
+	path := func(p string) string {
+		if p != "" && !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		return p
+	}
+	names := map[string]bool{}
+	for _, dc := range hc.Devices {
+		names[dc.Name] = true
+	}
+	if n != nil && n.Tag != "!!null" {
+		if n.Kind != yaml.MappingNode {
+			return []error{fmt.Errorf("health_checks: must be a mapping of device types or names to job files, got %s", nodeKind(n))}
+		}
+		kv, err := pairs(n)
+		if err != nil {
+			return []error{fmt.Errorf("health_checks: %w", err)}
+		}
+		hc.HealthChecks = map[string]string{}
+		for _, k := range sortedKeys(kv) {
+			file, err := scalarString(kv[k])
+			switch {
+			case err != nil:
+				errs = append(errs, fmt.Errorf("health_checks.%s: %w", k, err))
+				continue
+			case file == "":
+				errs = append(errs, fmt.Errorf("health_checks.%s: empty (give the path of a job file)", k))
+				continue
+			}
+			key := k
+			if canon, known := Canonical(k); known {
+				key = canon
+			} else if !names[k] {
+				errs = append(errs, fmt.Errorf("health_checks.%s: neither a device type (known: %s) nor a device of this file", k, knownTypes()))
+				continue
+			}
+			hc.HealthChecks[key] = path(file)
+		}
+	}
+
+	jobs := map[string]*events.Job{}
+	bad := map[string]bool{}
+	load := func(file, where string) *events.Job {
+		if job, ok := jobs[file]; ok || bad[file] {
+			return job
+		}
+		job, err := LoadHealthCheck(file)
+		if err != nil {
+			bad[file] = true
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			return nil
+		}
+		jobs[file] = job
+		return job
+	}
+	for _, k := range sortedKeys(hc.HealthChecks) {
+		load(hc.HealthChecks[k], "health_checks."+k)
+	}
+	for i, dc := range hc.Devices {
+		where := fmt.Sprintf("devices[%d]", i)
+		if dc.Name != "" {
+			where += " (" + dc.Name + ")"
+		}
+		file, err := dc.Raw.String("health_check", "")
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			continue
+		case file != "":
+			dc.HealthCheck = path(file)
+			dc.HealthCheckJob = load(dc.HealthCheck, where+": health_check")
+			continue
+		}
+		for _, key := range []string{dc.Name, dc.Type} {
+			if file, ok := hc.HealthChecks[key]; ok && key != "" {
+				dc.HealthCheck, dc.HealthCheckJob = file, jobs[file]
+				break
+			}
+		}
+	}
+	return errs
+}
+
+// LoadHealthCheck reads and validates a health-check job file: a job as
+// flinger submit takes it (YAML or JSON), whose job_queue may be left out
+// since the check runs on the device's first queue. Errors name the file.
+func LoadHealthCheck(path string) (*events.Job, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("health-check job: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("health-check job %s: %w", path, err)
+	}
+	if len(doc.Content) == 1 {
+		if root := resolve(doc.Content[0]); root.Kind == yaml.MappingNode {
+			if kv, err := pairs(root); err == nil && kv["job_queue"] == nil {
+				root.Content = append(root.Content,
+					&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "job_queue"},
+					&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "health-check"})
+			}
+		}
+		if data, err = yaml.Marshal(&doc); err != nil {
+			return nil, fmt.Errorf("health-check job %s: %w", path, err)
+		}
+	}
+	job, err := events.ParseJob(data, events.FormatYAML, 0)
+	if err != nil {
+		return nil, fmt.Errorf("health-check job %s: %w", path, err)
+	}
+	return job, nil
 }
 
 // parseDevice reads one device entry. It returns what it could read along

@@ -164,7 +164,7 @@ func TestParseHostErrors(t *testing.T) {
 	}{
 		{"invalid yaml", "devices: [", []string{"lab.yaml: yaml: "}},
 		{"empty file", "", []string{"lab.yaml: devices: required"}},
-		{"not a mapping", "- a\n", []string{"lab.yaml: must be a mapping with keys host, run_dir, ssh, image_cache, secrets_file, devices, got a list"}},
+		{"not a mapping", "- a\n", []string{"lab.yaml: must be a mapping with keys host, run_dir, ssh, image_cache, secrets_file, health_checks, devices, got a list"}},
 		{"no devices", "host: h\n", []string{"lab.yaml: devices: required"}},
 		{"empty devices", "devices: []\n", []string{"lab.yaml: devices: required"}},
 		{"devices not a list", "devices: {a: 1}\n", []string{"lab.yaml: devices: must be a list of devices, got a mapping"}},

@@ -3,6 +3,7 @@ package events
 import (
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -59,6 +60,19 @@ type DeviceStatus struct {
 	Phase Phase `msgpack:"phase,omitempty" json:"phase,omitempty"`
 	// Comment says why the device is in its state (who set it offline, which job failed recovery).
 	Comment string `msgpack:"comment,omitempty" json:"comment,omitempty"`
+	// CommentBy says who wrote Comment: "flinger device set", an
+	// orchestrator, or "worker on HOST".
+	CommentBy string `msgpack:"comment_by,omitempty" json:"comment_by,omitempty"`
+	// CommentAt is when Comment was written.
+	CommentAt time.Time `msgpack:"comment_at,omitempty" json:"comment_at,omitzero"`
+	// Pending is the state (offline or maintenance) an operator asked for
+	// while the device was busy: the running job finishes, and the device
+	// enters this state when it ends instead of becoming idle.
+	Pending DeviceState `msgpack:"pending,omitempty" json:"pending,omitempty"`
+	// Lost is set by an orchestrator when the device's heartbeat stopped
+	// coming for longer than its device timeout; the worker's next write
+	// clears it.
+	Lost bool `msgpack:"lost,omitempty" json:"lost,omitempty"`
 	// Since is when the device entered its state.
 	Since time.Time `msgpack:"since" json:"since"`
 	// Heartbeat is when the worker last confirmed the record.
@@ -70,6 +84,17 @@ type DeviceStatus struct {
 
 // Kind implements Versioned.
 func (*DeviceStatus) Kind() string { return "flinger.device" }
+
+// OutOfService reports whether s takes a device out of service (offline or maintenance).
+func (s DeviceState) OutOfService() bool { return s == StateOffline || s == StateMaintenance }
+
+// HealthCheckPrefix begins the job id of every health-check job, which a
+// worker runs on its own device (never from a queue), so that it is known
+// as one wherever its record or events are read.
+const HealthCheckPrefix = "health-"
+
+// IsHealthCheck reports whether jobID names a health-check job.
+func IsHealthCheck(jobID string) bool { return strings.HasPrefix(jobID, HealthCheckPrefix) }
 
 // Serves reports whether the device serves queue q.
 func (d *DeviceStatus) Serves(q string) bool { return slices.Contains(d.Queues, q) }

@@ -94,8 +94,16 @@ func newDevicesCmd(g *globals) *cobra.Command {
 				if phase == "" {
 					phase = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", d.Name, d.Host, d.Connector, d.State, d.Health,
-					job, phase, joinQueues(d), time.Since(d.Heartbeat).Round(time.Second), d.Comment)
+				state := string(d.State)
+				if d.Pending != "" {
+					state += "→" + string(d.Pending) // offline or maintenance once its job ends
+				}
+				heartbeat := time.Since(d.Heartbeat).Round(time.Second).String() + " ago"
+				if d.Lost {
+					heartbeat += " (lost)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Name, d.Host, d.Connector, state, d.Health,
+					job, phase, joinQueues(d), heartbeat, d.Comment)
 			}
 			return tw.Flush()
 		},
