@@ -48,6 +48,10 @@ type Run struct {
 	// Progress, if not nil, receives how far the writing of an image has
 	// got; the worker publishes it as provision_progress events.
 	Progress func(image.Progress)
+	// Jobs, if not nil, creates and follows other jobs on the job's
+	// behalf: the child jobs of a multi-device job. The worker sets it;
+	// the connector command line, which has no lab to submit to, does not.
+	Jobs JobService
 }
 
 // ReportProgress passes p to run.Progress when it is set.

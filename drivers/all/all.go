@@ -12,6 +12,8 @@ import (
 	_ "github.com/flingerlab/flinger/drivers/fake"
 	// maas2 (machines a MAAS region controller deploys).
 	_ "github.com/flingerlab/flinger/drivers/maas2"
+	// multi (multi-device jobs: child jobs on other devices).
+	_ "github.com/flingerlab/flinger/drivers/multi"
 	// muxpi (MuxPi stm, SDWire and Type-C mux).
 	_ "github.com/flingerlab/flinger/drivers/muxpi"
 	// netboot.
