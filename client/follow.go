@@ -149,3 +149,53 @@ func (s *JobStatus) Explain() string {
 	}
 	return fmt.Sprintf("waiting for one of %d devices serving queue %s", inService, rec.Job.JobQueue)
 }
+
+// Reach says how to reach the device running a job, from the device_info
+// in its record: the ssh command (with the job's test_username) and the
+// serial console, when known; "" when the record has no address.
+func Reach(rec *events.JobRecord) string {
+	ip, _ := rec.DeviceInfo["device_ip"].(string)
+	if ip == "" {
+		return ""
+	}
+	user := drivers.DefaultTestUsername
+	if rec.Job.TestData != nil && rec.Job.TestData.TestUsername != "" {
+		user = rec.Job.TestData.TestUsername
+	}
+	s := "ssh " + user + "@" + ip
+	if port := asInt(rec.DeviceInfo["ssh_port"]); port > 0 {
+		s = fmt.Sprintf("ssh -p %d %s@%s", port, user, ip)
+	}
+	if host, _ := rec.DeviceInfo["serial_host"].(string); host != "" {
+		if port := asInt(rec.DeviceInfo["serial_port"]); port > 0 {
+			s += fmt.Sprintf("; serial console: telnet %s %d", host, port)
+		}
+	}
+	return s
+}
+
+func asInt(v any) int {
+	switch n := v.(type) {
+	case int:
+		return n
+	case int8:
+		return int(n)
+	case int16:
+		return int(n)
+	case int32:
+		return int(n)
+	case int64:
+		return int(n)
+	case uint8:
+		return int(n)
+	case uint16:
+		return int(n)
+	case uint32:
+		return int(n)
+	case uint64:
+		return int(n)
+	case float64:
+		return int(n)
+	}
+	return 0
+}

@@ -55,12 +55,19 @@ const (
 	// EventAttemptLost: the device running the job stopped renewing its
 	// lease (its worker was lost); the job is requeued or failed by policy.
 	EventAttemptLost = "attempt_lost"
+	// EventAttemptEnd: the device whose recovery failed has finished its
+	// cleanup; a job that was not requeued at recovery_fail ends now.
+	EventAttemptEnd = "attempt_end"
 	// EventChildJobs: a multi-device job created its child jobs; Data
 	// holds job_ids.
 	EventChildJobs = "child_jobs"
 	// EventHealthCheck: a device's health check ended; Data holds passed
 	// and the health job's id.
 	EventHealthCheck = "health_check"
+	// EventWebhookRefused: the job's job_status_webhook is not called,
+	// because its host is not one the lab allows (or the lab allows none);
+	// Detail says why.
+	EventWebhookRefused = "webhook_refused"
 )
 
 // PhaseStart is the event a phase begins with, such as "provision_start".

@@ -87,6 +87,8 @@ type JobRecord struct {
 	Attempts []Attempt `msgpack:"attempts,omitempty" json:"attempts,omitempty"`
 	// Children are the child jobs a multi-device job created.
 	Children []string `msgpack:"children,omitempty" json:"children,omitempty"`
+	// ReservedAt is when the job's reserve phase began holding the device.
+	ReservedAt time.Time `msgpack:"reserved_at,omitempty" json:"reserved_at,omitzero"`
 	// ReserveUntil is when the job's reservation ends, while it is reserved.
 	ReserveUntil time.Time `msgpack:"reserve_until,omitempty" json:"reserve_until,omitzero"`
 

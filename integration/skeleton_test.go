@@ -91,7 +91,7 @@ func TestEventSequences(t *testing.T) {
 			job:  "job_queue: seq\nprovision_data: {fail: recovery}\ntest_data: {test_cmds: echo never}\n",
 			want: seq(one(events.EventJobSubmitted, events.EventJobStart), phaseEvents(events.PhaseSetup),
 				one(events.PhaseStart(events.PhaseProvision), events.EventRecoveryFail),
-				phaseEvents(events.PhaseCleanup), one(events.EventJobEnd)),
+				phaseEvents(events.PhaseCleanup), one(events.EventAttemptEnd, events.EventJobEnd)),
 			outcome: events.OutcomeRecoveryFail,
 			end:     events.EventRecoveryFail,
 			status:  map[events.Phase]int{events.PhaseSetup: 0, events.PhaseProvision: 46, events.PhaseCleanup: 0},

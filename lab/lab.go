@@ -46,6 +46,9 @@ type Options struct {
 	SimImageSize int64
 	// NoOrchestrator runs no orchestrator (for tests that start their own).
 	NoOrchestrator bool
+	// Orchestrator tunes the orchestrator (its Client and Log are filled
+	// in, and MaxJobBytes from Store when it is zero).
+	Orchestrator orchestrator.Config
 	// Log is the lab's logger (nil: slog.Default()).
 	Log *slog.Logger
 }
@@ -120,7 +123,12 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.Orchestrator, err = orchestrator.New(orchestrator.Config{Client: oc, MaxJobBytes: int(o.Store.Limits().MaxJobBytes), Log: log}); err != nil {
+		ocfg := o.Orchestrator
+		ocfg.Client, ocfg.Log = oc, log
+		if ocfg.MaxJobBytes == 0 {
+			ocfg.MaxJobBytes = int(o.Store.Limits().MaxJobBytes)
+		}
+		if l.Orchestrator, err = orchestrator.New(ocfg); err != nil {
 			return nil, err
 		}
 		if err = l.Orchestrator.Start(ctx); err != nil {

@@ -34,6 +34,8 @@ type ctlEndpoint struct {
 func (o *Orchestrator) endpoints() []ctlEndpoint {
 	return []ctlEndpoint{
 		{"cancel", "cancel a job: {job_id, comment}", o.ctlCancel},
+		{"device-set", "set a device online, offline or maintenance: {device, state, comment}", o.ctlDeviceSet},
+		{"reserve-extend", "extend a job's reservation: {job_id, duration}", o.ctlReserveExtend},
 	}
 }
 

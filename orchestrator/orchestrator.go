@@ -34,7 +34,9 @@ type Config struct {
 	LostJobPolicy string
 	// DeviceTimeout is how long a device's heartbeat may be missing before
 	// its health becomes unknown and its job is handled as lost (default
-	// 3 × workers.DefaultHeartbeat + 15 s = 60 s).
+	// 45 s: three missed heartbeats of workers.DefaultHeartbeat). It must
+	// be longer than the workers' fence (workers.DefaultFence), so that a
+	// cut-off worker has stopped its job before another device starts it.
 	DeviceTimeout time.Duration
 	// MaxReservation caps how long a reservation may last in all, from the
 	// start of its reserve phase, when `reserve extend` moves its end
@@ -54,7 +56,7 @@ type Config struct {
 // Defaults for Config's zero values.
 const (
 	DefaultMaxAttempts    = 3
-	DefaultDeviceTimeout  = 60 * time.Second
+	DefaultDeviceTimeout  = 45 * time.Second
 	DefaultMaxReservation = 6 * time.Hour
 	LostJobRequeue        = "requeue"
 	LostJobFail           = "fail"
@@ -62,13 +64,14 @@ const (
 
 // Orchestrator runs intake and the control service.
 type Orchestrator struct {
-	cfg  Config
-	c    *broker.Client
-	log  *slog.Logger
-	max  int
-	wg   sync.WaitGroup
-	svc  micro.Service
-	stop context.CancelFunc
+	cfg     Config
+	devices deviceCache
+	c       *broker.Client
+	log     *slog.Logger
+	max     int
+	wg      sync.WaitGroup
+	svc     micro.Service
+	stop    context.CancelFunc
 }
 
 // IntakeConsumer is the durable consumer name shared by every orchestrator's intake.
@@ -125,7 +128,7 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	runCtx, o.stop = context.WithCancel(context.Background())
 	o.goLoop(func() { o.intakeLoop(runCtx, cons) })
 	// Each reactor starts its own consumers and loops with goLoop.
-	for _, start := range []func(context.Context, context.Context) error{} {
+	for _, start := range []func(context.Context, context.Context) error{o.startRequeue, o.startWebhooks, o.startMetrics, o.startDevices, o.startMulti} {
 		if err := start(ctx, runCtx); err != nil {
 			o.Stop()
 			return err

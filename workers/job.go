@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,6 +32,8 @@ var (
 	errLeaseLost     = errors.New("the job's lease passed to another device")
 	errShutdown      = errors.New("worker shutting down")
 	errStale         = errors.New("job already ended")
+	errSuperseded    = errors.New("a newer copy of the job was queued")
+	errFenced        = errors.New("the job's lease could not be confirmed: worker cut off from NATS")
 )
 
 // cancelRequest is the cause of a job stopped by `flinger cancel`.
@@ -58,9 +61,17 @@ type jobRun struct {
 	attempt int
 	log     *slog.Logger
 
-	ctx      context.Context
-	cancel   context.CancelCauseFunc
-	draining atomic.Bool
+	ctx       context.Context
+	cancel    context.CancelCauseFunc
+	stopLease context.CancelFunc
+	draining  atomic.Bool
+	// interrupted is set when provisioning was stopped half way, so that
+	// the device's health becomes unknown.
+	interrupted bool
+	// extended is signalled when `reserve extend` moved the reservation's end.
+	extended chan struct{}
+	// ended is how the attempt ended for this device, set by release.
+	ended events.Outcome
 
 	// rec and rev are the job's record as this attempt last stored it.
 	rec *events.JobRecord
@@ -78,12 +89,16 @@ type jobRun struct {
 // runJob runs one job delivered from queue to this device, from claim to
 // acknowledgement, and returns the device to service afterwards.
 func (d *device) runJob(msg jetstream.Msg, job *events.Job, queue string) {
-	defer func() {
-		if d.state() == events.StateIdle && !isClosed(d.w.draining) {
-			d.w.setIdle(d)
-		}
-	}()
-	r := &jobRun{d: d, msg: msg, job: job, queue: queue, log: d.log.With("job", job.JobID), status: map[events.Phase]int{}}
+	defer d.jobEnded()
+	d.attempt(msg, job, queue)
+}
+
+// attempt runs one attempt at job on this device, from claim to
+// acknowledgement (or hand-back), and returns it. msg is the job's queued
+// message; a health check runs with a localMsg, which acknowledges nothing.
+func (d *device) attempt(msg jetstream.Msg, job *events.Job, queue string) *jobRun {
+	r := &jobRun{d: d, msg: msg, job: job, queue: queue, log: d.log.With("job", job.JobID), status: map[events.Phase]int{},
+		extended: make(chan struct{}, 1)}
 	r.ctx, r.cancel = context.WithCancelCause(context.Background())
 	defer r.cancel(nil)
 
@@ -94,9 +109,12 @@ func (d *device) runJob(msg jetstream.Msg, job *events.Job, queue string) {
 	defer d.w.running.CompareAndDelete(token, r)
 
 	if !r.claim() {
-		return
+		return r
 	}
-	go r.keepLease()
+	leaseCtx, stopLease := context.WithCancel(r.ctx)
+	r.stopLease = stopLease
+	defer stopLease()
+	go r.keepLease(leaseCtx)
 	go func() {
 		select {
 		case <-d.w.draining:
@@ -112,6 +130,7 @@ func (d *device) runJob(msg jetstream.Msg, job *events.Job, queue string) {
 		}
 	}()
 	r.run()
+	return r
 }
 
 func isClosed(ch chan struct{}) bool {
@@ -131,10 +150,14 @@ func (r *jobRun) claim() bool {
 	var prevDevice string
 	var prevState events.JobState
 	var cancelledNow bool
+	gen, _ := strconv.Atoi(r.msg.Headers().Get(events.HeaderGeneration))
 	update := func(rec *events.JobRecord) error {
 		prevDevice, prevState, cancelledNow = rec.Device, rec.State, false
 		if rec.State.Terminal() {
 			return errStale
+		}
+		if rec.Generation > gen {
+			return errSuperseded
 		}
 		now := time.Now().UTC()
 		if rec.CancelRequested {
@@ -142,9 +165,16 @@ func (r *jobRun) claim() bool {
 			cancelledNow = true
 			return nil
 		}
+		if rec.Device != "" && rec.State != events.JobWaiting {
+			// JetStream handed the job on because the device running it
+			// stopped renewing its lease before any orchestrator noticed.
+			rec.Attempts = append(rec.Attempts, events.Attempt{N: rec.Attempt, Device: rec.Device, Host: rec.Host,
+				Phase: events.Phase(rec.State), Result: events.AttemptLost, Detail: "lease not renewed",
+				StartedAt: rec.StartedAt, EndedAt: now})
+		}
 		rec.Attempt++
 		rec.Device, rec.Host, rec.State, rec.StartedAt = r.d.cfg.Name, r.d.w.Host(), events.PhaseStateSetup, now
-		rec.Status, rec.DeviceInfo, rec.Outcome, rec.EndReason, rec.EndedAt = nil, nil, "", "", time.Time{}
+		rec.Status, rec.DeviceInfo, rec.Outcome, rec.EndReason, rec.EndedAt = nil, r.d.reachInfo(), "", "", time.Time{}
 		return nil
 	}
 	known, knownRev := r.queuedRecord()
@@ -161,6 +191,10 @@ func (r *jobRun) claim() bool {
 	switch {
 	case errors.Is(err, errStale):
 		r.log.Info("job already ended; dropping a repeated delivery", "state", rec.State)
+		_ = r.msg.Ack()
+		return false
+	case errors.Is(err, errSuperseded):
+		r.log.Info("dropping an old copy of a requeued job", "generation", gen, "current", rec.Generation)
 		_ = r.msg.Ack()
 		return false
 	case err != nil:
@@ -217,30 +251,52 @@ func (r *jobRun) updateRecord(ctx context.Context, fn func(*events.JobRecord)) e
 }
 
 // keepLease tells JetStream the job is in progress well within the lease,
-// and stops the job if its record shows another attempt has taken over.
-func (r *jobRun) keepLease() {
-	every := r.d.w.leases[r.queue] / 3
-	if every <= 0 {
-		every = r.d.w.cfg.Lease / 3
+// stops the job if its record shows another attempt has taken over or a
+// cancel the signal did not bring, and fences the job: when neither the
+// lease nor the record could be confirmed for the fence time (the worker is
+// cut off from NATS), the job is stopped here, before the orchestrator can
+// hand it to another device, so that it never runs on two at once.
+func (r *jobRun) keepLease(ctx context.Context) {
+	lease := r.d.w.leases[r.queue]
+	if lease <= 0 {
+		lease = r.d.w.cfg.Lease
 	}
+	fence := r.d.w.fence(lease)
+	every := min(lease/3, fence/3)
+	fenced := time.AfterFunc(fence, func() {
+		r.log.Error("lease not confirmed for the fence time; stopping the job", "fence", fence)
+		r.cancel(errFenced)
+	})
+	defer fenced.Stop()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
-		case <-r.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		renewed := true
 		if err := r.msg.InProgress(); err != nil {
+			renewed = false
 			r.log.Warn("lease not renewed", "err", err)
 		}
-		ctx, cancel := context.WithTimeout(r.ctx, every)
-		rec, _, err := r.d.w.c.GetJob(ctx, r.job.JobID)
+		gctx, cancel := context.WithTimeout(ctx, every)
+		rec, _, err := r.d.w.c.GetJob(gctx, r.job.JobID)
 		cancel()
-		if err == nil && (rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name) {
+		switch {
+		case err != nil:
+			r.log.Warn("job record not readable to confirm the lease", "err", err)
+			continue
+		case rec.Attempt != r.attempt || rec.Device != r.d.cfg.Name:
 			r.log.Warn("another attempt owns the job; stopping this one", "owner", rec.Device, "attempt", rec.Attempt)
 			r.cancel(errLeaseLost)
 			return
+		case rec.CancelRequested:
+			r.cancel(&cancelRequest{detail: "cancelled on request"})
+		}
+		if renewed {
+			fenced.Reset(fence)
 		}
 	}
 }
@@ -251,6 +307,11 @@ func (r *jobRun) run() {
 	global := limit(r.job.GlobalTimeout, d.cfg.GlobalTimeout, defaultGlobalTimeout)
 	r.deadline = time.Now().Add(global)
 	r.dir = filepath.Join(d.w.cfg.RunDir, r.job.JobID)
+	if r.attempt > 1 {
+		// The device of an earlier attempt may still be cleaning up its
+		// directory on this host.
+		r.dir += fmt.Sprintf(".attempt-%d", r.attempt)
+	}
 	r.env = d.cfg.Environ(os.Environ())
 	r.emit(events.EventJobStart, "", "flinger status "+r.job.JobID, nil)
 	d.update("running job "+r.job.JobID, func(s *events.DeviceStatus) {
@@ -258,7 +319,10 @@ func (r *jobRun) run() {
 	})
 
 	endReason, outcome := events.EventNormalExit, events.OutcomePass
-	handBack := false
+	handBack, requeue := false, false
+	var failedIn events.Phase // the phase whose recovery failed, and why
+	var failure string
+	var giveUp *events.Attempt // how this attempt ends when the job is handed back
 	run := []events.Phase{events.PhaseSetup, events.PhaseProvision, events.PhaseFirmwareUpdate,
 		events.PhaseTest, events.PhaseAllocate, events.PhaseReserve}
 phases:
@@ -274,6 +338,8 @@ phases:
 				return
 			case errors.Is(cause, errShutdown):
 				handBack = true
+			case errors.Is(cause, errFenced):
+				handBack, giveUp = true, r.attemptEnd(p, events.AttemptLost, errFenced.Error())
 			}
 			break
 		}
@@ -296,11 +362,18 @@ phases:
 		}
 		rc, err, cause := r.runPhase(p)
 		r.status[p] = rc
+		if cause != nil && p == events.PhaseProvision {
+			r.interrupted = true
+		}
 		var cr *cancelRequest
 		switch {
 		case errors.Is(cause, errLeaseLost):
 			r.abandon()
 			return
+		case errors.Is(cause, errFenced):
+			r.emit(events.PhaseFail(p), p, "stopped: "+errFenced.Error(), &rc)
+			handBack, giveUp = true, r.attemptEnd(p, events.AttemptLost, errFenced.Error())
+			break phases
 		case errors.As(cause, &cr):
 			r.emit(events.EventCancelled, p, cr.detail, nil)
 			r.emit(events.PhaseFail(p), p, "cancelled during "+string(p), &rc)
@@ -320,9 +393,10 @@ phases:
 			r.emit(events.PhaseFail(p), p, err.Error(), &rc)
 			outcome = events.OutcomeTimeout
 		case rc == drivers.ExitRecoveryFailed:
-			r.emit(events.EventRecoveryFail, p, detail(err, rc), &rc)
 			r.recoveryFailed(err)
-			endReason, outcome = events.EventRecoveryFail, events.OutcomeRecoveryFail
+			r.attemptFailed(p, err, rc)
+			failedIn, failure = p, detail(err, rc)
+			requeue = true
 			break phases
 		case rc != 0:
 			r.emit(events.PhaseFail(p), p, detail(err, rc), &rc)
@@ -339,11 +413,61 @@ phases:
 	}
 
 	r.cleanup()
-	if handBack {
-		r.handBack()
+	switch {
+	case requeue && r.isHealthCheck():
+		// A health check is never requeued: it ends here, its device out of service.
+		r.finish(events.EventRecoveryFail, events.OutcomeRecoveryFail)
+	case requeue:
+		// The orchestrator requeues the job, or ends it now that this
+		// device has cleaned up; this device is done with it.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		status := maps.Clone(r.status)
+		if err := r.updateRecord(ctx, func(rec *events.JobRecord) { rec.Status = status }); err != nil && !errors.Is(err, errLeaseLost) {
+			r.log.Warn("phase statuses not recorded", "err", err)
+		}
+		cancel()
+		r.emitSync(r.event(events.EventAttemptEnd, failedIn, failure))
+		r.release(events.OutcomeRecoveryFail)
+	case handBack:
+		r.handBack(giveUp)
+	default:
+		r.finish(endReason, outcome)
+	}
+}
+
+// attemptEnd describes how this attempt ends, for the job's record.
+func (r *jobRun) attemptEnd(p events.Phase, result, detail string) *events.Attempt {
+	started := time.Time{}
+	if r.rec != nil {
+		started = r.rec.StartedAt
+	}
+	return &events.Attempt{N: r.attempt, Device: r.d.cfg.Name, Host: r.d.w.Host(), Phase: p, Result: result,
+		Detail: r.masker.String(detail), StartedAt: started, EndedAt: time.Now().UTC()}
+}
+
+// attemptFailed reports that the device could not be recovered during phase
+// p: the phase statuses go into the job's record, recovery_fail is stored
+// in the event stream, and the queued copy of the job is acknowledged. The
+// orchestrator, on that event, puts the job back in its queue for another
+// device or ends it; this attempt only cleans up.
+func (r *jobRun) attemptFailed(p events.Phase, err error, rc int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	r.stopLease()
+	status := maps.Clone(r.status)
+	if uerr := r.updateRecord(ctx, func(rec *events.JobRecord) { rec.Status = status }); uerr != nil && !errors.Is(uerr, errLeaseLost) {
+		r.log.Warn("phase statuses not recorded", "err", uerr)
+	}
+	ev := r.event(events.EventRecoveryFail, p, detail(err, rc))
+	ev.ExitCode = &rc
+	r.d.w.cfg.Metrics.Observe(ev)
+	if perr := r.d.w.c.PublishEventSync(ctx, ev); perr != nil {
+		r.log.Error("recovery_fail not stored; the job is handled when its device is found lost", "err", perr)
 		return
 	}
-	r.finish(endReason, outcome)
+	if aerr := r.msg.DoubleAck(ctx); aerr != nil {
+		r.log.Warn("acknowledgement of the failed attempt not confirmed", "err", aerr)
+	}
 }
 
 // remaining reports whether any of phases would run for this job.
@@ -427,6 +551,7 @@ func (r *jobRun) runPhase(p events.Phase) (rc int, err error, cause error) {
 		env = append(slices.Clip(env), r.secretEnv...)
 	}
 	run := &drivers.Run{Job: r.job, Device: d.cfg, Dir: r.dir, Out: out, Env: env, Log: r.log.With("phase", p), Images: d.w.images}
+	run.Jobs = r.jobService(p)
 	if p == events.PhaseProvision {
 		progress := r.progressEvents(p)
 		defer progress.flush()
@@ -437,6 +562,7 @@ func (r *jobRun) runPhase(p events.Phase) (rc int, err error, cause error) {
 		err = r.setup(out)
 	case events.PhaseProvision:
 		err = d.drv.Provision(ctx, run)
+		r.noteAllocationTimeout(p, err)
 	case events.PhaseFirmwareUpdate:
 		err = d.drv.FirmwareUpdate(ctx, run)
 	case events.PhaseTest:
@@ -568,7 +694,9 @@ func (r *jobRun) holdAllocated(ctx context.Context, out *phaseOutput, info map[s
 			return fmt.Errorf("watch parent job %s: %w", parent, err)
 		}
 		defer func() { _ = sub.Unsubscribe() }()
-		if rec, _, err := r.d.w.c.GetJob(ctx, parent); err == nil && rec.State.Terminal() {
+		// Read after subscribing, so that an end between the two is seen:
+		// a parent already cancelled or completed, or gone, holds nothing.
+		if rec, _, err := r.d.w.c.GetJob(ctx, parent); (err == nil && rec.State.Terminal()) || errors.Is(err, broker.ErrNoJob) {
 			out.Printf("parent job %s has already ended", parent)
 			return nil
 		}
@@ -585,23 +713,63 @@ func (r *jobRun) holdAllocated(ctx context.Context, out *phaseOutput, info map[s
 	}
 }
 
-// holdReserved keeps the device for the reservation's length.
+// holdReserved keeps the device for the reservation's length, which
+// `flinger reserve extend` may move: the orchestrator records the new end
+// and signals it, and the timer follows the record.
 func (r *jobRun) holdReserved(ctx context.Context, out *phaseOutput) error {
 	length := events.DefaultReserveTimeout
 	if r.job.ReserveData != nil && r.job.ReserveData.Timeout > 0 {
 		length = time.Duration(r.job.ReserveData.Timeout) * time.Second
 	}
-	out.Printf("device reserved for %s, until %s; end it early with: flinger cancel %s",
-		length, time.Now().Add(length).UTC().Format(time.RFC3339), r.job.JobID)
+	now := time.Now().UTC()
+	until := now.Add(length)
+	uctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := r.updateRecord(uctx, func(rec *events.JobRecord) { rec.ReservedAt, rec.ReserveUntil = now, until })
+	cancel()
+	if errors.Is(err, errLeaseLost) {
+		r.cancel(errLeaseLost)
+		return err
+	} else if err != nil {
+		r.log.Warn("reservation end not recorded; reserve extend will not find it", "err", err)
+	}
+	out.Printf("device reserved for %s, until %s; extend it with: flinger reserve extend %s DURATION; end it early with: flinger cancel %s",
+		length, until.Format(time.RFC3339), r.job.JobID, r.job.JobID)
 	t := time.NewTimer(length)
 	defer t.Stop()
-	select {
-	case <-t.C:
-		out.Printf("reservation over")
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
+	for {
+		select {
+		case <-t.C:
+			if later := r.reserveUntil(ctx); later.After(until) {
+				until = later
+				t.Reset(time.Until(until))
+				continue
+			}
+			out.Printf("reservation over")
+			r.emit(events.EventReservationExpired, events.PhaseReserve, "reservation ended at "+until.Format(time.RFC3339), nil)
+			return nil
+		case <-r.extended:
+			if later := r.reserveUntil(ctx); !later.Equal(until) && !later.IsZero() {
+				until = later
+				t.Reset(time.Until(until))
+				out.Printf("reservation extended until %s (%s left)", until.Format(time.RFC3339), time.Until(until).Round(time.Second))
+			}
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
 	}
+}
+
+// reserveUntil reads the reservation's end from the job's record (zero
+// when it cannot be read).
+func (r *jobRun) reserveUntil(ctx context.Context) time.Time {
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rec, _, err := r.d.w.c.GetJob(gctx, r.job.JobID)
+	if err != nil {
+		r.log.Warn("reservation end not readable", "err", err)
+		return time.Time{}
+	}
+	return rec.ReserveUntil
 }
 
 // recoveryFailed takes the device out of service, as Testflinger's agent does on exit 46.
@@ -675,6 +843,7 @@ func (r *jobRun) emitEnd(endReason string, outcome events.Outcome) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	r.d.w.cfg.Metrics.Observe(ev)
 	if err := r.d.w.c.PublishEventSync(ctx, ev); err != nil {
 		r.log.Warn("job_end not published", "err", err)
 	}
@@ -685,27 +854,54 @@ func (r *jobRun) release(outcome events.Outcome) {
 	if !r.d.w.cfg.KeepRunDirs && r.dir != "" {
 		_ = os.RemoveAll(r.dir)
 	}
+	r.ended = outcome
 	r.d.update("job "+r.job.JobID+" ended: "+string(outcome), func(s *events.DeviceStatus) {
 		s.JobID, s.Phase = "", ""
 		if s.State == events.StateBusy {
 			s.State = events.StateIdle
 		}
-		if s.State == events.StateIdle && (outcome == events.OutcomePass || outcome == events.OutcomeTestFail) {
+		switch {
+		case r.isHealthCheck():
+			r.checked(s, outcome)
+		case r.interrupted && s.Health != events.HealthBad:
+			// Provisioning stopped half way: the next job rewrites the
+			// device, but until something passes on it its health is
+			// not known (a health check runs first, when one is set).
+			s.Health = events.HealthUnknown
+		case s.State == events.StateIdle && (outcome == events.OutcomePass || outcome == events.OutcomeTestFail):
 			s.Health = events.HealthGood
 		}
 	})
 }
 
-// handBack returns the job to its queue for another device after a shutdown.
-func (r *jobRun) handBack() {
+// handBack returns the job to its queue for another device after a
+// shutdown, or after the job was fenced (end says so; nil for a shutdown).
+func (r *jobRun) handBack(end *events.Attempt) {
+	if r.isHealthCheck() {
+		r.stopCheck()
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	err := r.updateRecord(ctx, func(rec *events.JobRecord) { rec.State, rec.Device, rec.Host = events.JobWaiting, "", "" })
-	if err != nil && !errors.Is(err, errLeaseLost) {
+	why := "shut down"
+	if end == nil {
+		end = r.attemptEnd(events.Phase(r.rec.State), events.AttemptHandedBack, errShutdown.Error())
+	} else {
+		why = "lost its lease"
+	}
+	err := r.updateRecord(ctx, func(rec *events.JobRecord) {
+		rec.State, rec.Device, rec.Host = events.JobWaiting, "", ""
+		rec.Attempts = append(rec.Attempts, *end)
+	})
+	if errors.Is(err, errLeaseLost) {
+		r.abandon()
+		return
+	}
+	if err != nil {
 		r.log.Error("job record not reset for hand-back", "err", err)
 	}
-	r.emit(events.EventJobRequeued, "", fmt.Sprintf("worker on %s shut down during attempt %d; the job goes back to queue %s",
-		r.d.w.Host(), r.attempt, r.queue), nil)
+	r.emit(events.EventJobRequeued, "", fmt.Sprintf("worker on %s %s during attempt %d; the job goes back to queue %s",
+		r.d.w.Host(), why, r.attempt, r.queue), nil)
 	if err := r.msg.Nak(); err != nil {
 		r.log.Error("job not handed back; it returns when its lease runs out", "err", err)
 	}
@@ -783,7 +979,18 @@ func (r *jobRun) emit(name string, p events.Phase, detail string, rc *int) {
 	r.publish(ev)
 }
 
+// emitSync publishes ev and waits until the stream has it.
+func (r *jobRun) emitSync(ev *events.Event) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r.d.w.cfg.Metrics.Observe(ev)
+	if err := r.d.w.c.PublishEventSync(ctx, ev); err != nil {
+		r.log.Warn("event not stored", "event", ev.Name, "err", err)
+	}
+}
+
 func (r *jobRun) publish(ev *events.Event) {
+	r.d.w.cfg.Metrics.Observe(ev)
 	if err := r.d.w.c.PublishEvent(ev); err != nil {
 		r.log.Warn("event not published", "event", ev.Name, "err", err)
 	}

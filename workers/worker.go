@@ -24,7 +24,7 @@ import (
 	"github.com/flingerlab/flinger/broker"
 	"github.com/flingerlab/flinger/drivers"
 	"github.com/flingerlab/flinger/drivers/image"
-	"github.com/flingerlab/flinger/events"
+	"github.com/flingerlab/flinger/metrics"
 )
 
 // Config configures a worker.
@@ -40,6 +40,12 @@ type Config struct {
 	// before JetStream hands it to another (the queue consumers' AckWait;
 	// default 60 s). It is set when a queue's consumer is first created.
 	Lease time.Duration
+	// Fence is how long a running job may go without its lease and record
+	// being confirmed before the worker stops it itself (default
+	// DefaultFence, and at most half the lease). It must stay below the
+	// orchestrator's device timeout, after which the job may start on
+	// another device.
+	Fence time.Duration
 	// Heartbeat is how often device status records are refreshed (default 15 s).
 	Heartbeat time.Duration
 	// DrainTimeout is how long, on shutdown, a running phase may take to
@@ -57,6 +63,9 @@ type Config struct {
 	// when it returns (none when it is disabled, or when its directory is
 	// held by another process, which is logged).
 	Images *image.Cache
+	// Metrics, when not nil, counts what the worker's events tell
+	// (metrics.Worker.Observe sees each event it publishes).
+	Metrics *metrics.Worker
 	// Log is the worker's logger (nil: slog.Default()).
 	Log *slog.Logger
 }
@@ -64,6 +73,7 @@ type Config struct {
 // Default durations.
 const (
 	DefaultLease          = 60 * time.Second
+	DefaultFence          = 25 * time.Second
 	DefaultHeartbeat      = 15 * time.Second
 	DefaultDrainTimeout   = 30 * time.Second
 	DefaultCleanupTimeout = 10 * time.Minute
@@ -153,6 +163,15 @@ func New(cfg Config) (*Worker, error) {
 	return w, nil
 }
 
+// fence is the fence time of a job whose lease is lease.
+func (w *Worker) fence(lease time.Duration) time.Duration {
+	f := w.cfg.Fence
+	if f <= 0 {
+		f = DefaultFence
+	}
+	return min(f, lease/2)
+}
+
 // Host returns the lab host's name.
 func (w *Worker) Host() string { return w.cfg.Host.Host }
 
@@ -186,11 +205,21 @@ func (w *Worker) Run(ctx context.Context) error {
 		consumers[q] = cons
 		w.leases[q] = cons.CachedInfo().Config.AckWait
 	}
+	disp, err := w.startDispatch(setupCtx, consumers)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	defer disp.close()
 	cancelSub, err := w.c.NC.Subscribe(w.c.Subj.CancelSignals(), w.onCancel)
 	if err != nil {
 		return fmt.Errorf("worker: listen for cancel signals: %w", err)
 	}
 	defer func() { _ = cancelSub.Unsubscribe() }()
+	reserveSub, err := w.c.NC.Subscribe(w.c.Subj.ReserveSignals(), w.onReserve)
+	if err != nil {
+		return fmt.Errorf("worker: listen for reservation signals: %w", err)
+	}
+	defer func() { _ = reserveSub.Unsubscribe() }()
 	if err := w.c.NC.FlushWithContext(setupCtx); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
@@ -199,17 +228,31 @@ func (w *Worker) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	watchCtx, stopWatching := context.WithCancel(context.Background())
+	defer stopWatching()
+	watchDone, err := w.watchDevices(watchCtx)
+	if err != nil {
+		return err
+	}
+	for _, d := range w.devices {
+		d.ready()
+	}
 	w.log.Info("worker started", "devices", len(w.devices), "queues", len(consumers))
 
 	pullCtx, stopPulling := context.WithCancel(context.Background())
 	var pullers sync.WaitGroup
-	for q, cons := range consumers {
+	for q := range consumers {
 		pullers.Add(1)
 		go func() {
 			defer pullers.Done()
-			w.pull(pullCtx, q, cons)
+			disp.puller(q).run(pullCtx)
 		}()
 	}
+	pullers.Add(1)
+	go func() {
+		defer pullers.Done()
+		disp.run(pullCtx)
+	}()
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
@@ -220,6 +263,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker stopping: no new jobs; running jobs get the drain timeout", "drain", w.cfg.DrainTimeout)
 	stopPulling()
 	pullers.Wait()
+	stopWatching()
+	<-watchDone
 	close(w.draining)
 	w.jobs.Wait()
 	<-hbDone
@@ -259,59 +304,6 @@ func (w *Worker) queueConsumer(ctx context.Context, q string) (jetstream.Consume
 	return cons, nil
 }
 
-// pull keeps one pull request open on queue q while some idle device serves
-// it, and hands each job that arrives to such a device.
-func (w *Worker) pull(ctx context.Context, q string, cons jetstream.Consumer) {
-	wake := w.wake[q]
-	for ctx.Err() == nil {
-		if !w.hasIdle(q) {
-			select {
-			case <-ctx.Done():
-				return
-			case <-wake:
-			}
-			continue
-		}
-		fetchCtx, cancel := context.WithTimeout(ctx, pullWait)
-		msg, err := cons.Next(jetstream.FetchContext(fetchCtx))
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) &&
-				!errors.Is(err, nats.ErrTimeout) {
-				w.log.Warn("pull failed; retrying", "queue", q, "err", err)
-				select {
-				case <-ctx.Done():
-				case <-time.After(500 * time.Millisecond):
-				}
-			}
-			continue
-		}
-		var job events.Job
-		if err := events.Decode(msg.Data(), &job); err != nil || job.JobID == "" || job.JobQueue == "" {
-			w.log.Error("dropping a queued message that is not a job", "queue", q, "err", err)
-			_ = msg.TermWithReason("not a flinger job")
-			continue
-		}
-		d := w.take(q, job.ExcludeAgents)
-		if d == nil {
-			if w.hasIdle(q) {
-				// Only devices the job excludes are idle here: leave it to
-				// other hosts' devices, and offer it again later.
-				_ = msg.NakWithDelay(excludedRetry)
-				continue
-			}
-			// Every device that served q took a job from another queue meanwhile.
-			_ = msg.Nak()
-			continue
-		}
-		w.jobs.Add(1)
-		go func() {
-			defer w.jobs.Done()
-			d.runJob(msg, &job, q)
-		}()
-	}
-}
-
 // onCancel stops the job a cancel signal names, if this worker runs it.
 func (w *Worker) onCancel(m *nats.Msg) {
 	token := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
@@ -324,6 +316,18 @@ func (w *Worker) onCancel(m *nats.Msg) {
 		detail = "cancelled on request"
 	}
 	v.(*jobRun).cancel(&cancelRequest{detail: detail})
+}
+
+// onReserve tells the job a reservation signal names, if this worker runs
+// it, that its reservation's end moved.
+func (w *Worker) onReserve(m *nats.Msg) {
+	token := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	if v, ok := w.running.Load(token); ok {
+		select {
+		case v.(*jobRun).extended <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (w *Worker) hasIdle(q string) bool {
@@ -355,13 +359,19 @@ func (w *Worker) take(q string, exclude []string) *device {
 	}
 	if best != nil {
 		delete(w.idle, best)
+		best.inJob = true
 	}
 	return best
 }
 
-// setIdle makes d available and wakes the pullers of its queues.
+// setIdle makes d available and wakes the pullers of its queues, unless
+// it runs a job or a health check.
 func (w *Worker) setIdle(d *device) {
 	w.mu.Lock()
+	if d.inJob {
+		w.mu.Unlock()
+		return
+	}
 	w.idle[d] = true
 	w.mu.Unlock()
 	for _, q := range d.cfg.Queues {
@@ -370,6 +380,33 @@ func (w *Worker) setIdle(d *device) {
 		default:
 		}
 	}
+}
+
+// withdraw takes d out of the idle set: it takes no new job.
+func (w *Worker) withdraw(d *device) {
+	w.mu.Lock()
+	delete(w.idle, d)
+	w.mu.Unlock()
+}
+
+// reserve takes d for a health check, as take does for a job; it reports
+// false when d already runs one or the other.
+func (w *Worker) reserve(d *device) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if d.inJob {
+		return false
+	}
+	delete(w.idle, d)
+	d.inJob = true
+	return true
+}
+
+// endJob records that d's job or health check has ended.
+func (w *Worker) endJob(d *device) {
+	w.mu.Lock()
+	d.inJob = false
+	w.mu.Unlock()
 }
 
 func (w *Worker) heartbeat(ctx context.Context) {

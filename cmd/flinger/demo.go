@@ -180,6 +180,17 @@ func runDemo(ctx context.Context, w io.Writer, l *lab.Lab, dir string) error {
 				if device == "" {
 					device = "-"
 				}
+				// A requeued job shows every device that tried it.
+				if len(j.rec.Attempts) > 0 {
+					tried := make([]string, 0, len(j.rec.Attempts)+1)
+					for _, a := range j.rec.Attempts {
+						tried = append(tried, a.Device+" ("+a.Result+")")
+					}
+					if j.rec.Device != "" && j.rec.Device != j.rec.Attempts[len(j.rec.Attempts)-1].Device {
+						tried = append(tried, j.rec.Device)
+					}
+					device = strings.Join(tried, " → ")
+				}
 			}
 		}
 		mark := "ok"

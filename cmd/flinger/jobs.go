@@ -170,6 +170,16 @@ func newStatusCmd(g *globals) *cobra.Command {
 			if rec.Device != "" {
 				fmt.Fprintf(w, "device:    %s (host %s, attempt %d)\n", rec.Device, rec.Host, rec.Attempt)
 			}
+			if reach := client.Reach(rec); reach != "" && !rec.State.Terminal() {
+				fmt.Fprintf(w, "reach it:  %s\n", reach)
+			}
+			if !rec.ReserveUntil.IsZero() && rec.State == events.JobState(events.PhaseReserve) {
+				fmt.Fprintf(w, "reserved:  until %s, %s left (flinger reserve extend %s DURATION)\n",
+					rec.ReserveUntil.Local().Format(time.DateTime), max(time.Until(rec.ReserveUntil), 0).Round(time.Second), rec.Job.JobID)
+			}
+			for _, a := range rec.Attempts {
+				fmt.Fprintf(w, "attempt %d: %s on %s during %s: %s\n", a.N, a.Result, a.Device, a.Phase, a.Detail)
+			}
 			fmt.Fprintf(w, "submitted: %s\n", rec.SubmittedAt.Local().Format(time.DateTime))
 			if !rec.EndedAt.IsZero() {
 				fmt.Fprintf(w, "ended:     %s\n", rec.EndedAt.Local().Format(time.DateTime))

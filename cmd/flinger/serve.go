@@ -13,6 +13,7 @@ import (
 	"github.com/flingerlab/flinger/drivers"
 	"github.com/flingerlab/flinger/events"
 	"github.com/flingerlab/flinger/lab"
+	"github.com/flingerlab/flinger/metrics"
 	"github.com/flingerlab/flinger/orchestrator"
 	"github.com/flingerlab/flinger/workers"
 )
@@ -23,6 +24,7 @@ type workerFlags struct {
 	lease     time.Duration
 	heartbeat time.Duration
 	drain     time.Duration
+	fence     time.Duration
 	keep      bool
 }
 
@@ -32,11 +34,38 @@ func (w *workerFlags) add(cmd *cobra.Command) {
 	f.DurationVar(&w.lease, "lease", workers.DefaultLease, "how long a job stays with a device that stops renewing it (set when a queue is first served)")
 	f.DurationVar(&w.heartbeat, "heartbeat", workers.DefaultHeartbeat, "how often device status is refreshed")
 	f.DurationVar(&w.drain, "drain", workers.DefaultDrainTimeout, "on SIGTERM, how long a running phase may take to finish before its job is handed back")
+	f.DurationVar(&w.fence, "fence", workers.DefaultFence,
+		"stop a running job when its lease cannot be confirmed for this long (cut off from NATS); keep it below the orchestrators' --device-timeout")
 	f.BoolVar(&w.keep, "keep-run-dirs", false, "keep job run directories after jobs end")
 }
 
+// orchestratorFlags are the orchestrator's policy flags, shared by
+// `orchestrator` and `lab`.
+type orchestratorFlags struct {
+	maxAttempts    int
+	lostPolicy     string
+	deviceTimeout  time.Duration
+	maxReservation time.Duration
+}
+
+func (o *orchestratorFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.IntVar(&o.maxAttempts, "max-attempts", orchestrator.DefaultMaxAttempts,
+		"how many devices may try a job: after a recovery failure or a lost worker it is requeued to another device until this many have (1: never)")
+	f.StringVar(&o.lostPolicy, "lost-job-policy", orchestrator.LostJobRequeue,
+		"what happens to the job of a device whose worker is lost: requeue or fail")
+	f.DurationVar(&o.deviceTimeout, "device-timeout", orchestrator.DefaultDeviceTimeout,
+		"how long a device's heartbeat may be missing before its health becomes unknown and its job is handled as lost (longer than the workers' --heartbeat and --fence)")
+	f.DurationVar(&o.maxReservation, "max-reservation", orchestrator.DefaultMaxReservation,
+		"the longest a reservation may last in all, when reserve extend moves its end")
+}
+
+func (o *orchestratorFlags) apply(cfg *orchestrator.Config) {
+	cfg.MaxAttempts, cfg.LostJobPolicy, cfg.DeviceTimeout, cfg.MaxReservation = o.maxAttempts, o.lostPolicy, o.deviceTimeout, o.maxReservation
+}
+
 func (w *workerFlags) config() workers.Config {
-	return workers.Config{RunDir: w.runDir, Lease: w.lease, Heartbeat: w.heartbeat, DrainTimeout: w.drain, KeepRunDirs: w.keep}
+	return workers.Config{RunDir: w.runDir, Lease: w.lease, Heartbeat: w.heartbeat, DrainTimeout: w.drain, Fence: w.fence, KeepRunDirs: w.keep}
 }
 
 func defaultDataDir() string {
@@ -54,6 +83,9 @@ func newLabCmd(g *globals) *cobra.Command {
 		wf                                            workerFlags
 		store                                         events.StoreOptions
 	)
+	var hooks webhookFlags
+	var mf metricsFlag
+	var of orchestratorFlags
 	cmd := &cobra.Command{
 		Use:   "lab",
 		Short: "Run a whole lab in one process: embedded NATS, orchestrator, and a worker for the lab file",
@@ -73,6 +105,13 @@ expects. Without --data, the demo uses a fresh temporary store.`,
 				return err
 			}
 			opts := lab.Options{Host: host, Worker: wf.config(), Store: store, SimImages: simImages, Log: slog.Default()}
+			of.apply(&opts.Orchestrator)
+			if err := hooks.apply(&opts.Orchestrator); err != nil {
+				return err
+			}
+			if mf.addr != "" {
+				opts.Worker.Metrics, opts.Orchestrator.Metrics = metrics.NewWorker(slog.Default()), metrics.NewOrchestrator(slog.Default())
+			}
 			if cmd.Flags().Changed("nats") {
 				opts.NATS = g.nats
 			} else {
@@ -93,6 +132,11 @@ expects. Without --data, the demo uses a fresh temporary store.`,
 				return err
 			}
 			defer l.Stop()
+			stopMetrics, err := mf.serve(opts.Worker.Metrics.Registry(), opts.Orchestrator.Metrics.Registry())
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			if l.Server != nil {
 				slog.Info("lab running", "nats", l.URL, "data", dataDir, "devices", len(host.Devices))
 			} else {
@@ -117,12 +161,16 @@ expects. Without --data, the demo uses a fresh temporary store.`,
 	f.DurationVar(&store.LogMaxAge, "log-max-age", events.DefaultMaxAge, "how long output logs are kept")
 	f.Int32Var(&store.MaxJobBytes, "max-job-bytes", events.DefaultMaxJobBytes, "largest job accepted, in bytes")
 	wf.add(cmd)
+	of.add(cmd)
+	hooks.add(cmd)
+	mf.add(cmd)
 	return cmd
 }
 
 func newWorkerCmd(g *globals) *cobra.Command {
 	var hostFile string
 	var wf workerFlags
+	var mf metricsFlag
 	cmd := &cobra.Command{
 		Use:   "worker --host HOST.yaml",
 		Short: "Drive the devices of one lab host",
@@ -148,22 +196,34 @@ running phase finish (--drain) and hands unfinished jobs back to their queue.`,
 				return err
 			}
 			defer sims.Close()
+			if mf.addr != "" {
+				cfg.Metrics = metrics.NewWorker(slog.Default())
+			}
 			w, err := workers.New(cfg)
 			if err != nil {
 				return err
 			}
+			stopMetrics, err := mf.serve(cfg.Metrics.Registry())
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			return w.Run(cmd.Context())
 		},
 	}
 	cmd.Flags().StringVar(&hostFile, "host", "", "host file: this lab host's devices (required)")
 	_ = cmd.MarkFlagRequired("host")
 	wf.add(cmd)
+	mf.add(cmd)
 	return cmd
 }
 
 func newOrchestratorCmd(g *globals) *cobra.Command {
 	var store events.StoreOptions
 	var setup bool
+	var of orchestratorFlags
+	var hooks webhookFlags
+	var mf metricsFlag
 	cmd := &cobra.Command{
 		Use:   "orchestrator",
 		Short: "Run an orchestrator: intake and control (run two or more for availability)",
@@ -183,13 +243,27 @@ func newOrchestratorCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			orch, err := orchestrator.New(orchestrator.Config{Client: c, MaxJobBytes: int(store.Limits().MaxJobBytes)})
+			ocfg := orchestrator.Config{Client: c, MaxJobBytes: int(store.Limits().MaxJobBytes)}
+			of.apply(&ocfg)
+			if err := hooks.apply(&ocfg); err != nil {
+				return err
+			}
+			if mf.addr != "" {
+				ocfg.Metrics = metrics.NewOrchestrator(slog.Default())
+			}
+			orch, err := orchestrator.New(ocfg)
 			if err != nil {
 				return err
 			}
 			if err := orch.Start(ctx); err != nil {
 				return err
 			}
+			stopMetrics, err := mf.serve(ocfg.Metrics.Registry())
+			if err != nil {
+				orch.Stop()
+				return err
+			}
+			defer stopMetrics()
 			slog.Info("orchestrator running", "nats", c.NC.ConnectedUrlRedacted())
 			<-ctx.Done()
 			orch.Stop()
@@ -202,5 +276,8 @@ func newOrchestratorCmd(g *globals) *cobra.Command {
 	f.DurationVar(&store.EventMaxAge, "event-max-age", events.DefaultMaxAge, "how long events are kept")
 	f.DurationVar(&store.LogMaxAge, "log-max-age", events.DefaultMaxAge, "how long output logs are kept")
 	f.Int32Var(&store.MaxJobBytes, "max-job-bytes", events.DefaultMaxJobBytes, "largest job accepted, in bytes")
+	of.add(cmd)
+	hooks.add(cmd)
+	mf.add(cmd)
 	return cmd
 }
