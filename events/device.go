@@ -108,3 +108,24 @@ func (d *DeviceStatus) EncodeMsgpack(enc *msgpack.Encoder) error {
 func (d *DeviceStatus) DecodeMsgpack(dec *msgpack.Decoder) error {
 	return decodeStruct(dec, reflect.ValueOf(d).Elem(), &d.Extra)
 }
+
+// StateEvent is the device_state event announcing status st, with detail
+// saying why it changed.
+func (st *DeviceStatus) StateEvent(detail string) *Event {
+	ev := NewEvent(EventDeviceState)
+	ev.Device, ev.Host, ev.Detail = st.Name, st.Host, detail
+	ev.Data = map[string]any{"state": string(st.State), "health": string(st.Health)}
+	if st.JobID != "" {
+		ev.Data["job_id"] = st.JobID
+	}
+	if st.Pending != "" {
+		ev.Data["pending"] = string(st.Pending)
+	}
+	if st.Comment != "" {
+		ev.Data["comment"] = st.Comment
+	}
+	if st.Lost {
+		ev.Data["lost"] = true
+	}
+	return ev
+}

@@ -3,7 +3,6 @@ package metrics
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -188,35 +187,14 @@ func (m *Orchestrator) Start(ctx context.Context, c *broker.Client) (run func(co
 
 // count feeds the counters from the count consumer until ctx is done.
 func (m *Orchestrator) count(ctx context.Context, cons jetstream.Consumer) {
-	for ctx.Err() == nil {
-		it, err := cons.Messages(jetstream.PullMaxMessages(256))
-		if err != nil {
-			m.log.Warn("metrics: cannot read events; retrying", "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
+	broker.ConsumeEach(ctx, cons, 256, m.log, "metrics", func(msg jetstream.Msg) {
+		var ev events.Event
+		if err := events.Decode(msg.Data(), &ev); err != nil {
+			m.log.Warn("metrics: undecodable event", "subject", msg.Subject(), "err", err)
+			return
 		}
-		stop := context.AfterFunc(ctx, it.Stop)
-		for {
-			msg, err := it.Next()
-			if err != nil {
-				if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					m.log.Warn("metrics: reading events", "err", err)
-				}
-				break
-			}
-			var ev events.Event
-			if err := events.Decode(msg.Data(), &ev); err != nil {
-				m.log.Warn("metrics: undecodable event", "subject", msg.Subject(), "err", err)
-				continue
-			}
-			m.Observe(&ev)
-		}
-		stop()
-		it.Stop()
-	}
+		m.Observe(&ev)
+	})
 }
 
 func (m *Orchestrator) client() *broker.Client {

@@ -115,21 +115,7 @@ func applyDeviceSet(st *events.DeviceStatus, want events.DeviceState, now time.T
 
 // announceDevice publishes st as a device_state event.
 func (o *Orchestrator) announceDevice(st *events.DeviceStatus, detail string) {
-	ev := events.NewEvent(events.EventDeviceState)
-	ev.Device, ev.Host, ev.Detail = st.Name, st.Host, detail
-	ev.Data = map[string]any{"state": string(st.State), "health": string(st.Health)}
-	if st.JobID != "" {
-		ev.Data["job_id"] = st.JobID
-	}
-	if st.Pending != "" {
-		ev.Data["pending"] = string(st.Pending)
-	}
-	if st.Comment != "" {
-		ev.Data["comment"] = st.Comment
-	}
-	if st.Lost {
-		ev.Data["lost"] = true
-	}
+	ev := st.StateEvent(detail)
 	if err := o.c.PublishEvent(ev); err != nil {
 		o.log.Warn("device event not published", "device", st.Name, "err", err)
 	}

@@ -122,6 +122,9 @@ func (o *Orchestrator) handleSubmission(ctx context.Context, m jetstream.Msg) {
 	ev := events.NewEvent(events.EventJobSubmitted)
 	ev.ID = "submitted-" + job.JobID
 	ev.JobID, ev.Queue, ev.Detail = job.JobID, job.JobQueue, "queued on "+job.JobQueue
+	// The webhook reactor learns the job's webhook (or that it has none)
+	// from here, without reading the record.
+	ev.Data = map[string]any{"job_status_webhook": job.JobStatusWebhook}
 	if err := o.c.PublishEventSync(ctx, ev); err != nil {
 		o.log.Error("intake: cannot announce job; will retry", "job", job.JobID, "err", err)
 		_ = m.NakWithDelay(time.Second)

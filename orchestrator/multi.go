@@ -47,7 +47,7 @@ func (o *Orchestrator) startMulti(ctx, runCtx context.Context) error {
 		return fmt.Errorf("multi-device consumer: %w", err)
 	}
 	o.goLoop(func() {
-		consumeLoop(runCtx, o, cons, "multi", func(m jetstream.Msg) {
+		broker.ConsumeEach(runCtx, cons, 64, o.log, "multi", func(m jetstream.Msg) {
 			var ev events.Event
 			if err := events.Decode(m.Data(), &ev); err != nil {
 				o.log.Error("multi: dropping an unreadable event", "subject", m.Subject(), "err", err)
@@ -71,6 +71,11 @@ func (o *Orchestrator) startMulti(ctx, runCtx context.Context) error {
 // not ended (nor been asked to), when ev is its job_end, or its
 // job_requeued while it waits in its queue again.
 func (o *Orchestrator) releaseChildren(ctx context.Context, ev *events.Event) error {
+	// The event says how many children the job has, when its publisher
+	// knew: most jobs have none, and need no read of their record.
+	if n, ok := ev.Data["children"]; ok && isZero(n) {
+		return nil
+	}
 	rec, _, err := o.c.GetJob(ctx, ev.JobID)
 	if errors.Is(err, broker.ErrNoJob) {
 		return nil
@@ -109,4 +114,31 @@ func (o *Orchestrator) releaseChildren(ctx context.Context, ev *events.Event) er
 		o.log.Info("multi: child job cancelled", "parent", ev.JobID, "child", id, "reason", why)
 	}
 	return errors.Join(errs...)
+}
+
+// isZero reports whether v, a number decoded from an event, is 0.
+func isZero(v any) bool {
+	switch n := v.(type) {
+	case int:
+		return n == 0
+	case int8:
+		return n == 0
+	case int16:
+		return n == 0
+	case int32:
+		return n == 0
+	case int64:
+		return n == 0
+	case uint8:
+		return n == 0
+	case uint16:
+		return n == 0
+	case uint32:
+		return n == 0
+	case uint64:
+		return n == 0
+	case float64:
+		return n == 0
+	}
+	return false
 }

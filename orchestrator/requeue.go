@@ -39,7 +39,7 @@ func (o *Orchestrator) startRequeue(ctx, runCtx context.Context) error {
 		return fmt.Errorf("requeue consumer: %w", err)
 	}
 	o.goLoop(func() {
-		consumeLoop(runCtx, o, cons, "requeue", func(m jetstream.Msg) {
+		broker.ConsumeEach(runCtx, cons, 64, o.log, "requeue", func(m jetstream.Msg) {
 			var ev events.Event
 			if err := events.Decode(m.Data(), &ev); err != nil {
 				o.log.Error("requeue: dropping an unreadable event", "subject", m.Subject(), "err", err)
@@ -57,35 +57,6 @@ func (o *Orchestrator) startRequeue(ctx, runCtx context.Context) error {
 		})
 	})
 	return nil
-}
-
-// consumeLoop hands every message of cons to handle, one at a time, until
-// ctx is done.
-func consumeLoop(ctx context.Context, o *Orchestrator, cons jetstream.Consumer, what string, handle func(jetstream.Msg)) {
-	for ctx.Err() == nil {
-		it, err := cons.Messages(jetstream.PullMaxMessages(64))
-		if err != nil {
-			o.log.Error(what+": cannot pull; retrying", "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		stop := context.AfterFunc(ctx, it.Stop)
-		for {
-			m, err := it.Next()
-			if err != nil {
-				if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					o.log.Warn(what+": pulling", "err", err)
-				}
-				break
-			}
-			handle(m)
-		}
-		stop()
-		it.Stop()
-	}
 }
 
 // requeueLost deals with the job of a device whose worker stopped
@@ -232,7 +203,8 @@ func (o *Orchestrator) requeue(ctx context.Context, id string, ev *events.Event,
 	}
 	req.Detail = fmt.Sprintf("attempt %d on %s %s during %s; attempt %d waits in queue %s without %s",
 		end.N, ev.Device, what, end.Phase, end.N+1, rec.Job.JobQueue, strings.Join(exclude, ", "))
-	req.Data = map[string]any{"attempt": end.N, "generation": rec.Generation, "excluded": anySlice(exclude), "reason": end.Result}
+	req.Data = map[string]any{"attempt": end.N, "generation": rec.Generation, "excluded": anySlice(exclude), "reason": end.Result,
+		"children": len(rec.Children)}
 	if err := o.c.PublishEventSync(ctx, req); err != nil {
 		o.log.Warn("job_requeued not stored", "job", id, "err", err)
 	}
@@ -277,7 +249,8 @@ func (o *Orchestrator) endJob(ctx context.Context, id string, ev *events.Event, 
 	je := events.NewEvent(events.EventJobEnd)
 	je.ID = "end-" + id
 	je.JobID, je.Queue, je.Device, je.Host, je.Attempt, je.Detail = id, rec.Job.JobQueue, ev.Device, ev.Host, end.N, endReason
-	je.Data = map[string]any{"outcome": string(outcome), "reason": "not requeued: " + reason, "attempts": len(rec.Attempts)}
+	je.Data = map[string]any{"outcome": string(outcome), "reason": "not requeued: " + reason, "attempts": len(rec.Attempts),
+		"children": len(rec.Children)}
 	if len(rec.Status) > 0 {
 		st := map[string]any{}
 		for p, rc := range rec.Status {

@@ -83,7 +83,7 @@ var webhookDefaults = webhookSettings{
 	backoff:    time.Second,
 	maxBackoff: 30 * time.Second,
 	cacheFor:   time.Minute,
-	cacheSize:  4096,
+	cacheSize:  65536,
 	parallel:   64,
 	ackWait:    time.Minute,
 }
@@ -250,10 +250,16 @@ func (o *Orchestrator) startWebhooks(ctx, runCtx context.Context) error {
 		jobs:    map[string]*hookJob{},
 		targets: newTargetCache(set.cacheSize, set.cacheFor),
 	}
+	// With no host allowed, every webhook is refused when its job is
+	// submitted, and no other event needs reading.
+	filter := strings.TrimSuffix(o.c.Subj.Events(), ">") + "job.>"
+	if len(rules) == 0 {
+		filter = o.c.Subj.EveryJobEvent(events.EventJobSubmitted)
+	}
 	cons, err := o.c.JS.CreateOrUpdateConsumer(ctx, o.c.Subj.EventStream(), jetstream.ConsumerConfig{
 		Durable:       WebhookConsumer,
 		Description:   "Orchestrators' job-status webhook delivery",
-		FilterSubject: strings.TrimSuffix(o.c.Subj.Events(), ">") + "job.>",
+		FilterSubject: filter,
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       set.ackWait,
@@ -271,30 +277,7 @@ func (o *Orchestrator) startWebhooks(ctx, runCtx context.Context) error {
 
 // run reads job events until ctx is done.
 func (h *webhooks) run(ctx context.Context, cons jetstream.Consumer) {
-	for ctx.Err() == nil {
-		it, err := cons.Messages(jetstream.PullMaxMessages(512))
-		if err != nil {
-			h.log.Error("cannot read job events; retrying", "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		stop := context.AfterFunc(ctx, it.Stop)
-		for {
-			m, err := it.Next()
-			if err != nil {
-				if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					h.log.Warn("reading job events", "err", err)
-				}
-				break
-			}
-			h.handle(ctx, m)
-		}
-		stop()
-		it.Stop()
-	}
+	broker.ConsumeEach(ctx, cons, 512, h.log, "webhooks", func(m jetstream.Msg) { h.handle(ctx, m) })
 }
 
 // handle takes one job event: it checks a new job's webhook, and queues a
@@ -313,6 +296,9 @@ func (h *webhooks) handle(ctx context.Context, m jetstream.Msg) {
 	if ev.Name != events.EventJobSubmitted && !WebhookEvent(ev.Name) {
 		_ = m.Ack()
 		return
+	}
+	if url, ok := ev.Data["job_status_webhook"].(string); ok && ev.Name == events.EventJobSubmitted {
+		h.learn(ev.JobID, ev.Queue, url)
 	}
 	t, err := h.target(ctx, ev.JobID)
 	if err != nil {
@@ -383,6 +369,19 @@ func (h *webhooks) target(ctx context.Context, id string) (*target, error) {
 	}
 	h.targets.put(id, t)
 	return t, nil
+}
+
+// learn caches job id's webhook as intake announced it in job_submitted.
+func (h *webhooks) learn(id, queue, url string) {
+	t := &target{url: url, queue: queue}
+	if url != "" {
+		t.allowed, t.reason = allowed(h.rules, url)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.targets.get(id) == nil {
+		h.targets.put(id, t)
+	}
 }
 
 // enqueue adds an event to its job's next delivery and starts delivering

@@ -278,18 +278,7 @@ func (d *device) snapshot() (events.DeviceStatus, uint64) {
 // announce publishes the device's current status as a device_state event.
 func (d *device) announce(detail string) {
 	st, _ := d.snapshot()
-	ev := events.NewEvent(events.EventDeviceState)
-	ev.Device, ev.Host, ev.JobID, ev.Detail = st.Name, st.Host, "", detail
-	ev.Data = map[string]any{"state": string(st.State), "health": string(st.Health)}
-	if st.JobID != "" {
-		ev.Data["job_id"] = st.JobID
-	}
-	if st.Pending != "" {
-		ev.Data["pending"] = string(st.Pending)
-	}
-	if st.Comment != "" {
-		ev.Data["comment"] = st.Comment
-	}
+	ev := st.StateEvent(detail)
 	d.w.cfg.Metrics.Observe(ev)
 	if err := d.w.c.PublishEvent(ev); err != nil {
 		d.log.Warn("device event not published", "err", err)

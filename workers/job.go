@@ -70,6 +70,8 @@ type jobRun struct {
 	interrupted bool
 	// extended is signalled when `reserve extend` moved the reservation's end.
 	extended chan struct{}
+	// busyStored is closed once the device's record says busy with this job.
+	busyStored chan struct{}
 	// ended is how the attempt ended for this device, set by release.
 	ended events.Outcome
 
@@ -314,9 +316,16 @@ func (r *jobRun) run() {
 	}
 	r.env = d.cfg.Environ(os.Environ())
 	r.emit(events.EventJobStart, "", "flinger status "+r.job.JobID, nil)
-	d.update("running job "+r.job.JobID, func(s *events.DeviceStatus) {
-		s.State, s.JobID, s.Phase = events.StateBusy, r.job.JobID, events.PhaseSetup
-	})
+	// The device's record says busy while setup already runs: the write
+	// is off the path from claim to setup, and the job's next device write
+	// waits for it (deviceUpdate), so that they stay in order.
+	r.busyStored = make(chan struct{})
+	go func() {
+		defer close(r.busyStored)
+		d.update("running job "+r.job.JobID, func(s *events.DeviceStatus) {
+			s.State, s.JobID, s.Phase = events.StateBusy, r.job.JobID, events.PhaseSetup
+		})
+	}()
 
 	endReason, outcome := events.EventNormalExit, events.OutcomePass
 	handBack, requeue := false, false
@@ -502,13 +511,19 @@ func limit(job, device int, def time.Duration) time.Duration {
 func (r *jobRun) setPhase(p events.Phase) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// The two records are written at once: one round trip, not two.
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		r.deviceUpdate("", func(s *events.DeviceStatus) { s.Phase = p })
+	}()
 	err := r.updateRecord(ctx, func(rec *events.JobRecord) { rec.State = events.JobState(p) })
+	<-stored
 	if errors.Is(err, errLeaseLost) {
 		r.cancel(errLeaseLost)
 	} else if err != nil {
 		r.log.Warn("job state not recorded", "phase", p, "err", err)
 	}
-	r.d.update("", func(s *events.DeviceStatus) { s.Phase = p })
 }
 
 // runPhase runs one phase with its limits and returns its exit status, its
@@ -778,7 +793,7 @@ func (r *jobRun) recoveryFailed(err error) {
 	if err != nil {
 		comment += ": " + r.masker.String(err.Error())
 	}
-	r.d.update(comment, func(s *events.DeviceStatus) {
+	r.deviceUpdate(comment, func(s *events.DeviceStatus) {
 		s.State, s.Health, s.Comment = events.StateOffline, events.HealthBad, comment
 	})
 	r.log.Error("device taken offline", "reason", comment)
@@ -788,7 +803,7 @@ func (r *jobRun) recoveryFailed(err error) {
 func (r *jobRun) cleanup() {
 	p := events.PhaseCleanup
 	r.emit(events.PhaseStart(p), p, "", nil)
-	r.d.update("", func(s *events.DeviceStatus) { s.Phase = p })
+	r.deviceUpdate("", func(s *events.DeviceStatus) { s.Phase = p })
 	rc, err, _ := r.runPhase(p)
 	r.status[p] = rc
 	if rc != 0 {
@@ -834,6 +849,9 @@ func (r *jobRun) finish(endReason string, outcome events.Outcome) {
 func (r *jobRun) emitEnd(endReason string, outcome events.Outcome) {
 	ev := r.event(events.EventJobEnd, "", endReason)
 	ev.Data = map[string]any{"outcome": string(outcome)}
+	if r.rec != nil {
+		ev.Data["children"] = len(r.rec.Children)
+	}
 	if len(r.status) > 0 {
 		st := map[string]any{}
 		for p, rc := range r.status {
@@ -855,7 +873,7 @@ func (r *jobRun) release(outcome events.Outcome) {
 		_ = os.RemoveAll(r.dir)
 	}
 	r.ended = outcome
-	r.d.update("job "+r.job.JobID+" ended: "+string(outcome), func(s *events.DeviceStatus) {
+	r.deviceUpdate("job "+r.job.JobID+" ended: "+string(outcome), func(s *events.DeviceStatus) {
 		s.JobID, s.Phase = "", ""
 		if s.State == events.StateBusy {
 			s.State = events.StateIdle
@@ -900,8 +918,10 @@ func (r *jobRun) handBack(end *events.Attempt) {
 	if err != nil {
 		r.log.Error("job record not reset for hand-back", "err", err)
 	}
-	r.emit(events.EventJobRequeued, "", fmt.Sprintf("worker on %s %s during attempt %d; the job goes back to queue %s",
-		r.d.w.Host(), why, r.attempt, r.queue), nil)
+	ev := r.event(events.EventJobRequeued, "", fmt.Sprintf("worker on %s %s during attempt %d; the job goes back to queue %s",
+		r.d.w.Host(), why, r.attempt, r.queue))
+	ev.Data = map[string]any{"children": len(r.rec.Children)}
+	r.publish(ev)
 	if err := r.msg.Nak(); err != nil {
 		r.log.Error("job not handed back; it returns when its lease runs out", "err", err)
 	}
@@ -977,6 +997,15 @@ func (r *jobRun) emit(name string, p events.Phase, detail string, rc *int) {
 		ev.ExitCode = &v
 	}
 	r.publish(ev)
+}
+
+// deviceUpdate changes the device's status for this job with fn, after
+// the write that marked it busy.
+func (r *jobRun) deviceUpdate(detail string, fn func(*events.DeviceStatus)) {
+	if r.busyStored != nil {
+		<-r.busyStored
+	}
+	r.d.update(detail, fn)
 }
 
 // emitSync publishes ev and waits until the stream has it.
