@@ -84,6 +84,12 @@ func (s *schema) load(m map[string]any, path string, errs *errList) (map[string]
 			known++
 			continue
 		}
+		if s.vocab != nil && slices.Contains(s.vocab, k) {
+			// A field of another schema of the same place (another device
+			// type's provision_data): name the one the other fields match.
+			errs.add(joinPath(path, k), "not a field of %s provision data, which the other fields match (%s is another device type's)", s.name, k)
+			continue
+		}
 		errs.add(joinPath(path, k), "%s", unknownFieldMessage(k, s.names()))
 	}
 	for _, f := range s.fields {
