@@ -397,8 +397,21 @@ func submitAsync(ctx context.Context, c *broker.Client, queue string, n int) (ma
 		m.Data = []byte(`{"job_id":"` + id + `","job_queue":"` + queue + `"}`)
 		m.Header.Set(events.HeaderSubmitFormat, string(events.FormatJSON))
 		m.Header.Set(events.HeaderMsgID, id)
-		if _, err := c.JS.PublishMsgAsync(m); err != nil {
-			return nil, err
+		for {
+			_, err := c.JS.PublishMsgAsync(m)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				return nil, err
+			}
+			// The server is behind: let the acknowledgements catch up.
+			select {
+			case <-c.JS.PublishAsyncComplete():
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
 	}
 	select {

@@ -137,6 +137,34 @@ func RunAll(ctx context.Context, env *Env, only []string) *Report {
 	return rep
 }
 
+// Merge puts into r the results of an earlier report of the figures r did
+// not run, so that re-running some figures keeps the others; the earlier
+// report's errors of figures r ran are dropped.
+func (r *Report) Merge(earlier *Report) {
+	ran := map[string]bool{}
+	for _, res := range r.Results {
+		ran[res.Figure] = true
+	}
+	for _, e := range r.Errors {
+		ran[strings.SplitN(e, ":", 2)[0]] = true
+	}
+	for _, res := range earlier.Results {
+		if !ran[res.Figure] {
+			r.Results = append(r.Results, res)
+		}
+	}
+	order := map[string]int{}
+	for _, f := range figures {
+		order[f.Name] = f.Order
+	}
+	slices.SortStableFunc(r.Results, func(a, b *Result) int { return order[a.Figure] - order[b.Figure] })
+	for _, e := range earlier.Errors {
+		if !ran[strings.SplitN(e, ":", 2)[0]] {
+			r.Errors = append(r.Errors, e)
+		}
+	}
+}
+
 // Write stores the report as results.json and report.md in dir.
 func (r *Report) Write(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {

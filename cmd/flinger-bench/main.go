@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ func main() {
 		out     = flag.String("out", "bench", "directory for results.json and report.md")
 		flinger = flag.String("flinger", "", "flinger binary (default: build ./cmd/flinger)")
 		only    = flag.String("only", "", "comma-separated figures to run (default: all)")
+		merge   = flag.Bool("merge", false, "with -only: keep the other figures of the report already in -out")
 		short   = flag.Bool("short", false, "a tiny smoke run")
 		trials  = flag.Int("trials", 3, "trials per figure")
 	)
@@ -55,6 +57,17 @@ func main() {
 		env.Trials = 1
 	}
 	rep := bench.RunAll(ctx, env, names)
+	if *merge && len(names) > 0 {
+		data, err := os.ReadFile(filepath.Join(*out, "results.json"))
+		if err != nil {
+			fail(fmt.Errorf("-merge: %w", err))
+		}
+		var earlier bench.Report
+		if err := json.Unmarshal(data, &earlier); err != nil {
+			fail(fmt.Errorf("-merge: %s: %w", filepath.Join(*out, "results.json"), err))
+		}
+		rep.Merge(&earlier)
+	}
 	_ = os.RemoveAll(filepath.Join("/dev/shm", "flinger-bench-runs-"+filepath.Base(dir)))
 	if err := rep.Write(*out); err != nil {
 		fail(err)
