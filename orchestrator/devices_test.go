@@ -238,7 +238,7 @@ func TestControlServiceInfo(t *testing.T) {
 	for _, ep := range info.Endpoints {
 		found[ep.Name] = ep.Subject
 	}
-	for _, verb := range []string{"cancel", "device-set"} {
+	for _, verb := range []string{"cancel", "device-set", "reserve-extend"} {
 		if found[verb] != c.Subj.Ctl(verb) {
 			t.Errorf("endpoint %s: subject %q, want %q (endpoints: %v)", verb, found[verb], c.Subj.Ctl(verb), found)
 		}
