@@ -290,7 +290,7 @@ test_data:
 			fields: []string{"provision_data.url"}},
 		{name: "provision misspelt fake field", doc: "job_queue: q\nprovision_data: {fial: provision}\n",
 			fields: []string{"provision_data.fial"}, msg: "provision_data.fial: unknown field (did you mean fail?)"},
-		{name: "provision fields of two device types", doc: "job_queue: q\nprovision_data: {url: 'http://img.example.com/a', delay: 2}\n",
+		{name: "provision fields of two device types", doc: "job_queue: q\nprovision_data: {url: 'http://img.example.com/a', delay: 2, output_lines: 3}\n",
 			fields: []string{"provision_data.url"}, msg: "url is another device type's"},
 		{name: "provision not a mapping", doc: "job_queue: q\nprovision_data: [url]\n", fields: []string{"provision_data"}, msg: "must be a mapping"},
 		{name: "muxpi bad media", doc: "job_queue: q\nprovision_data: {url: 'http://img.example.com/a', media: nvme}\n",
