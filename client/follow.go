@@ -163,39 +163,13 @@ func Reach(rec *events.JobRecord) string {
 		user = rec.Job.TestData.TestUsername
 	}
 	s := "ssh " + user + "@" + ip
-	if port := asInt(rec.DeviceInfo["ssh_port"]); port > 0 {
+	if port, _ := events.AsInt(rec.DeviceInfo["ssh_port"]); port > 0 {
 		s = fmt.Sprintf("ssh -p %d %s@%s", port, user, ip)
 	}
 	if host, _ := rec.DeviceInfo["serial_host"].(string); host != "" {
-		if port := asInt(rec.DeviceInfo["serial_port"]); port > 0 {
+		if port, _ := events.AsInt(rec.DeviceInfo["serial_port"]); port > 0 {
 			s += fmt.Sprintf("; serial console: telnet %s %d", host, port)
 		}
 	}
 	return s
-}
-
-func asInt(v any) int {
-	switch n := v.(type) {
-	case int:
-		return n
-	case int8:
-		return int(n)
-	case int16:
-		return int(n)
-	case int32:
-		return int(n)
-	case int64:
-		return int(n)
-	case uint8:
-		return int(n)
-	case uint16:
-		return int(n)
-	case uint32:
-		return int(n)
-	case uint64:
-		return int(n)
-	case float64:
-		return int(n)
-	}
-	return 0
 }

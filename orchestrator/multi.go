@@ -73,7 +73,7 @@ func (o *Orchestrator) startMulti(ctx, runCtx context.Context) error {
 func (o *Orchestrator) releaseChildren(ctx context.Context, ev *events.Event) error {
 	// The event says how many children the job has, when its publisher
 	// knew: most jobs have none, and need no read of their record.
-	if n, ok := ev.Data["children"]; ok && isZero(n) {
+	if n, ok := events.AsInt(ev.Data["children"]); ok && n == 0 {
 		return nil
 	}
 	rec, _, err := o.c.GetJob(ctx, ev.JobID)
@@ -114,31 +114,4 @@ func (o *Orchestrator) releaseChildren(ctx context.Context, ev *events.Event) er
 		o.log.Info("multi: child job cancelled", "parent", ev.JobID, "child", id, "reason", why)
 	}
 	return errors.Join(errs...)
-}
-
-// isZero reports whether v, a number decoded from an event, is 0.
-func isZero(v any) bool {
-	switch n := v.(type) {
-	case int:
-		return n == 0
-	case int8:
-		return n == 0
-	case int16:
-		return n == 0
-	case int32:
-		return n == 0
-	case int64:
-		return n == 0
-	case uint8:
-		return n == 0
-	case uint16:
-		return n == 0
-	case uint32:
-		return n == 0
-	case uint64:
-		return n == 0
-	case float64:
-		return n == 0
-	}
-	return false
 }
