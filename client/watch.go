@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -94,4 +95,47 @@ func consume[T any](ctx context.Context, c *broker.Client, stream, filter string
 			}
 		}
 	}, nil
+}
+
+// LogsSoFar returns a job's output chunks stored so far (of phase p only,
+// when p is not empty), in order, without waiting for more.
+func LogsSoFar(ctx context.Context, c *broker.Client, jobID string, p events.Phase) ([]*events.LogChunk, error) {
+	filter := c.Subj.Logs(jobID)
+	if p != "" {
+		filter = c.Subj.Log(jobID, p, "output")
+	}
+	st, err := c.JS.Stream(ctx, c.Subj.LogStream())
+	if err != nil {
+		return nil, fmt.Errorf("job output: %w", err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		return nil, fmt.Errorf("job output: %w", err)
+	}
+	if len(info.State.Subjects) == 0 {
+		return nil, nil
+	}
+	cons, err := c.JS.OrderedConsumer(ctx, c.Subj.LogStream(), jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+	if err != nil {
+		return nil, fmt.Errorf("job output: %w", err)
+	}
+	var out []*events.LogChunk
+	for {
+		m, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			return out, fmt.Errorf("job output: %w", err)
+		}
+		var chunk events.LogChunk
+		if err := events.Decode(m.Data(), &chunk); err != nil {
+			return out, fmt.Errorf("job output on %s: %w", m.Subject(), err)
+		}
+		out = append(out, &chunk)
+		meta, err := m.Metadata()
+		if err != nil {
+			return out, fmt.Errorf("job output: %w", err)
+		}
+		if meta.NumPending == 0 {
+			return out, nil
+		}
+	}
 }
