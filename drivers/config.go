@@ -89,6 +89,10 @@ type HostConfig struct {
 	// the host resolves no secrets). Only the worker should be able to
 	// read it.
 	SecretsFile string
+	// SecretsKV is secrets_kv: true resolves the test_data.secrets of jobs
+	// from the lab's secrets bucket on NATS (flinger secret set), which
+	// only workers should be allowed to read. Not with secrets_file.
+	SecretsKV bool
 	// HealthChecks is health_checks: a device type (provision_type) or a
 	// device name mapped to the job file of its health check. Relative
 	// paths are taken from the host file's directory; every file must
@@ -112,7 +116,7 @@ func LoadHost(path string) (*HostConfig, error) {
 
 // hostKeys are the top-level keys of a host file. Other top-level keys are
 // ignored, so that a single-machine lab file can carry other sections.
-var hostKeys = []string{"host", "run_dir", "ssh", "image_cache", "secrets_file", "health_checks", "devices"}
+var hostKeys = []string{"host", "run_dir", "ssh", "image_cache", "secrets_file", "secrets_kv", "health_checks", "devices"}
 
 // DefaultImageCacheSize is the image cache's size when image_cache.size
 // is not given.
@@ -249,6 +253,13 @@ func ParseHost(data []byte, source string) (*HostConfig, error) {
 	if n, ok := top["secrets_file"]; ok {
 		if hc.SecretsFile, err = scalarString(n); err != nil {
 			fail("secrets_file: %v", err)
+		}
+	}
+	if n, ok := top["secrets_kv"]; ok {
+		if n.Kind != yaml.ScalarNode || n.Decode(&hc.SecretsKV) != nil {
+			fail("secrets_kv: must be true or false")
+		} else if hc.SecretsKV && hc.SecretsFile != "" {
+			fail("secrets_kv: give secrets_file or secrets_kv, not both")
 		}
 	}
 	if n, ok := top["run_dir"]; ok {

@@ -164,8 +164,10 @@ func TestParseHostErrors(t *testing.T) {
 	}{
 		{"invalid yaml", "devices: [", []string{"lab.yaml: yaml: "}},
 		{"empty file", "", []string{"lab.yaml: devices: required"}},
-		{"not a mapping", "- a\n", []string{"lab.yaml: must be a mapping with keys host, run_dir, ssh, image_cache, secrets_file, health_checks, devices, got a list"}},
+		{"not a mapping", "- a\n", []string{"lab.yaml: must be a mapping with keys host, run_dir, ssh, image_cache, secrets_file, secrets_kv, health_checks, devices, got a list"}},
 		{"no devices", "host: h\n", []string{"lab.yaml: devices: required"}},
+		{"secrets_kv not a bool", "secrets_kv: yes please\ndevices:\n  - agent_name: a\n" + ok, []string{"lab.yaml: secrets_kv: must be true or false"}},
+		{"two secret stores", "secrets_file: /s.yaml\nsecrets_kv: true\ndevices:\n  - agent_name: a\n" + ok, []string{"lab.yaml: secrets_kv: give secrets_file or secrets_kv, not both"}},
 		{"empty devices", "devices: []\n", []string{"lab.yaml: devices: required"}},
 		{"devices not a list", "devices: {a: 1}\n", []string{"lab.yaml: devices: must be a list of devices, got a mapping"}},
 		{"host not a string", "host: [a]\ndevices:\n  - agent_name: a\n" + ok, []string{"lab.yaml: host: must be a string, got a list"}},

@@ -249,6 +249,11 @@ func (s Subjects) LogStream() string { return s.upper() + "_LOGS" }
 // JobBucket names the KV bucket of job records.
 func (s Subjects) JobBucket() string { return s.upper() + "_JOBS" }
 
+// SecretBucket names the KV bucket of secrets (secret path → value) that
+// workers resolve test_data.secrets from. Only workers should be allowed
+// to read it.
+func (s Subjects) SecretBucket() string { return s.upper() + "_SECRETS" }
+
 // DeviceBucket names the KV bucket of device status records.
 func (s Subjects) DeviceBucket() string { return s.upper() + "_DEVICES" }
 

@@ -1,30 +1,54 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/flingerlab/flinger/broker"
 	"github.com/flingerlab/flinger/events"
 	"github.com/flingerlab/flinger/workers"
 )
 
 // TestSecrets runs jobs whose test_data.secrets the worker resolves from
-// its secrets file: the test sees the values, and they appear nowhere in
-// the output, the events, the job record or the device status.
+// its secret store, a file on the lab host or the lab's secrets bucket on
+// NATS: the test sees the values, and they appear nowhere in the output,
+// the events, the job record or the device status.
 func TestSecrets(t *testing.T) {
+	for _, store := range []string{"file", "kv"} {
+		t.Run(store, func(t *testing.T) { testSecrets(t, store) })
+	}
+}
+
+func testSecrets(t *testing.T, store string) {
 	t.Parallel()
 	const value = "s3cr3t-Value-7f6e"
-	file := filepath.Join(t.TempDir(), "secrets.yaml")
-	if err := os.WriteFile(file, []byte("lab/api-token: "+value+"\nlab/other: x\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	host := hostFile(t, "secret-host", "sec-1:secq")
-	host.SecretsFile = file
+	if store == "file" {
+		file := filepath.Join(t.TempDir(), "secrets.yaml")
+		if err := os.WriteFile(file, []byte("lab/api-token: "+value+"\nlab/other: x\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		host.SecretsFile = file
+	} else {
+		host.SecretsKV = true
+	}
 	l := startLab(t, host, workers.Config{})
 	c := connect(t, l, "secrets-test")
+	if store == "kv" {
+		kv, err := c.SecretBucket(context.Background(), true, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p, v := range map[string]string{"lab/api-token": value, "lab/other": "x"} {
+			if _, err := kv.PutString(context.Background(), broker.SecretKey(p), v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 
 	id := submit(t, c, `job_queue: secq
 test_data:

@@ -657,7 +657,7 @@ func (r *jobRun) resolveSecrets() error {
 	}
 	store := r.d.w.cfg.Secrets
 	if store == nil {
-		return fmt.Errorf("test_data.secrets: lab host %s has no secret store (secrets_file in its host file)", r.d.w.Host())
+		return fmt.Errorf("test_data.secrets: lab host %s has no secret store (secrets_file or secrets_kv in its host file)", r.d.w.Host())
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, 30*time.Second)
 	defer cancel()

@@ -8,7 +8,10 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"gopkg.in/yaml.v3"
+
+	"github.com/flingerlab/flinger/broker"
 )
 
 // SecretStore resolves the secret paths of a job's test_data.secrets
@@ -68,6 +71,46 @@ func (f FileSecrets) Resolve(_ context.Context, secrets map[string]string) (map[
 			return nil, fmt.Errorf("test_data.secrets.%s: secret %s is not a string in the secrets file", name, path)
 		}
 		out[name] = s
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("test_data.secrets: %w: %s", ErrNoSecret, strings.Join(missing, ", "))
+	}
+	return out, nil
+}
+
+// KVSecrets is a SecretStore kept in the lab's secrets bucket on NATS
+// (secret path → value, set with `flinger secret set`), read on every
+// Resolve so that a change applies to the next job. NATS permissions
+// should let only workers read the bucket.
+type KVSecrets struct {
+	// Client is the worker's connection.
+	Client *broker.Client
+}
+
+// Resolve implements SecretStore.
+func (k KVSecrets) Resolve(ctx context.Context, secrets map[string]string) (map[string]string, error) {
+	kv, err := k.Client.SecretBucket(ctx, false, 0)
+	if err != nil {
+		return nil, fmt.Errorf("test_data.secrets: %w", err)
+	}
+	names := make([]string, 0, len(secrets))
+	for name := range secrets {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	out := make(map[string]string, len(secrets))
+	var missing []string
+	for _, name := range names {
+		path := secrets[name]
+		e, err := kv.Get(ctx, broker.SecretKey(path))
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			missing = append(missing, fmt.Sprintf("%s (for %s)", path, name))
+		case err != nil:
+			return nil, fmt.Errorf("test_data.secrets.%s: secret %s: %w", name, path, err)
+		default:
+			out[name] = string(e.Value())
+		}
 	}
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("test_data.secrets: %w: %s", ErrNoSecret, strings.Join(missing, ", "))

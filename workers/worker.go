@@ -56,7 +56,8 @@ type Config struct {
 	// KeepRunDirs keeps run directories after jobs end (default: removed).
 	KeepRunDirs bool
 	// Secrets resolves the test_data.secrets of jobs (nil: the host
-	// file's secrets_file, if it names one; else jobs with secrets fail).
+	// file's secrets_file, or the lab's secrets bucket with secrets_kv;
+	// else jobs with secrets fail).
 	Secrets SecretStore
 	// Images is the image cache the host's devices share. Nil: Run opens
 	// the one the host file's image_cache section describes, and closes it
@@ -144,8 +145,12 @@ func New(cfg Config) (*Worker, error) {
 		draining: make(chan struct{}),
 	}
 	w.cfg.Host.Host = host
-	if w.cfg.Secrets == nil && cfg.Host.SecretsFile != "" {
+	switch {
+	case w.cfg.Secrets != nil:
+	case cfg.Host.SecretsFile != "":
 		w.cfg.Secrets = FileSecrets{Path: cfg.Host.SecretsFile}
+	case cfg.Host.SecretsKV:
+		w.cfg.Secrets = KVSecrets{Client: cfg.Client}
 	}
 	for _, dc := range cfg.Host.Devices {
 		drv, err := drivers.New(dc)
