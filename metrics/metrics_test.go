@@ -355,14 +355,7 @@ func TestWorkerObserve(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			w := metrics.NewWorker(discard())
-			for _, e := range tt.evs {
-				w.Observe(e)
-			}
-			_, got := scrape(t, metrics.Handler(w.Registry()))
-			check(t, got, tt.want, tt.absent)
-		})
+		t.Run(tt.name, func(t *testing.T) { observeAndCheck(t, tt.evs, tt.want, tt.absent) })
 	}
 }
 
@@ -397,15 +390,20 @@ func TestWorkerDevices(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			w := metrics.NewWorker(discard())
-			for _, e := range tt.evs {
-				w.Observe(e)
-			}
-			_, got := scrape(t, metrics.Handler(w.Registry()))
-			check(t, got, tt.want, tt.absent)
-		})
+		t.Run(tt.name, func(t *testing.T) { observeAndCheck(t, tt.evs, tt.want, tt.absent) })
 	}
+}
+
+// observeAndCheck feeds evs to a new worker's metrics and checks the
+// scraped values (want) and the series that must be missing (absent).
+func observeAndCheck(t *testing.T, evs []*events.Event, want map[string]float64, absent []string) {
+	t.Helper()
+	w := metrics.NewWorker(discard())
+	for _, e := range evs {
+		w.Observe(e)
+	}
+	_, got := scrape(t, metrics.Handler(w.Registry()))
+	check(t, got, want, absent)
 }
 
 func TestNilMetrics(t *testing.T) {
