@@ -27,6 +27,11 @@ type LabOptions struct {
 	// read with a Settings (NewSettings); unknown keys are an error
 	// naming them.
 	Settings map[string]any
+	// Console is the device's serial console (nil: none), which StartLab
+	// starts unless the setting serial is false: the simulator prints its
+	// DUT's boot logs to it (DUTOptions.Console), gives its address in
+	// Config (AddConfig) and closes it on Close.
+	Console *SerialConsole
 	// Log receives the simulator's diagnostics.
 	Log *slog.Logger
 }
@@ -67,7 +72,8 @@ func LabTypes() []string {
 	return slices.Sorted(maps.Keys(labStarters))
 }
 
-// StartLab starts the simulator of connector type typ.
+// StartLab starts the simulator of connector type typ, with a serial
+// console (LabOptions.Console) unless its setting serial is false.
 func StartLab(ctx context.Context, typ string, opts LabOptions) (LabDevice, error) {
 	labMu.Lock()
 	start := labStarters[typ]
@@ -78,8 +84,13 @@ func StartLab(ctx context.Context, typ string, opts LabOptions) (LabDevice, erro
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	var err error
+	if opts.Settings, opts.Console, err = startLabConsole(ctx, opts.Settings); err != nil {
+		return nil, fmt.Errorf("sim: starting a simulated %s device %s: %w", typ, opts.Name, err)
+	}
 	d, err := start(ctx, opts)
 	if err != nil {
+		_ = opts.Console.Close()
 		return nil, fmt.Errorf("sim: starting a simulated %s device %s: %w", typ, opts.Name, err)
 	}
 	return d, nil

@@ -23,9 +23,11 @@
 // and boot-select hardware), Proxy (a device's address in front of
 // whichever host answers there), ImageServer (an image mirror), Volume
 // and Mounts (the partitions of a disk's image and a host's mount table,
-// with mount, umount, ls, test, cp and chmod), DD and Tee (the dd and tee
-// commands, for a simulator to adapt to its host), and Settings (the sim:
-// keys of a lab file's device entry, for RegisterLab's starters).
+// with mount, umount, ls, test, cp and chmod), SerialConsole (a
+// device's serial console on TCP, which a DUT prints its boot logs to),
+// DD and Tee (the dd and tee commands, for a simulator to adapt to its
+// host), and Settings (the sim: keys of a lab file's device entry, for
+// RegisterLab's starters).
 package sim
 
 import (
@@ -120,6 +122,9 @@ type DUTOptions struct {
 	// BootCheck, when set, is asked at the end of every boot what the DUT
 	// booted (see BootCheck).
 	BootCheck BootCheck
+	// Console, when set, is the serial console the DUT prints its boot
+	// logs to (see SetConsole).
+	Console *SerialConsole
 	// Log receives state changes and commands (nil: discarded).
 	Log *slog.Logger
 }
@@ -158,6 +163,7 @@ type DUT struct {
 	disks     map[string]*Disk
 	files     map[string][]byte
 	bootCheck BootCheck
+	console   *SerialConsole
 }
 
 // BootCheck says what a DUT booted at the end of a boot: the image whose
@@ -215,6 +221,7 @@ func StartDUT(ctx context.Context, opts DUTOptions) (*DUT, error) {
 		disks:     maps.Clone(opts.Disks),
 		files:     map[string][]byte{},
 		bootCheck: opts.BootCheck,
+		console:   opts.Console,
 	}
 	if d.handlers == nil {
 		d.handlers = map[string]Command{}
@@ -314,6 +321,7 @@ func (d *DUT) downLocked(s State, delay time.Duration) {
 // bootLocked enters Booting and schedules the end of the boot.
 func (d *DUT) bootLocked(delay time.Duration) {
 	d.downLocked(Booting, delay)
+	d.printPowerOnLocked()
 	gen := d.gen
 	d.bootTimer = time.AfterFunc(d.bootTime, func() { d.booted(gen) })
 }
@@ -329,12 +337,14 @@ func (d *DUT) booted(gen uint64) {
 	d.bootTimer = nil
 	if d.faults.NeverBoots {
 		d.log.Info("sim: DUT never boots (fault)")
+		d.printKernelLocked()
 		return
 	}
 	if d.bootCheck != nil {
 		im, keep, err := d.bootCheck()
 		if err != nil {
 			d.log.Info("sim: DUT does not boot", "err", err)
+			d.printNoBootLocked(err)
 			return
 		}
 		if !keep {
@@ -349,6 +359,8 @@ func (d *DUT) booted(gen uint64) {
 			d.hostKey = k
 		}
 	}
+	d.printKernelLocked()
+	d.printUpLocked()
 	d.setStateLocked(Up)
 }
 
@@ -393,6 +405,7 @@ func (d *DUT) reboot(gen uint64) {
 	if d.closed || d.gen != gen {
 		return
 	}
+	d.printShutdownLocked(true)
 	d.bootLocked(rebootDropDelay)
 }
 
@@ -403,6 +416,7 @@ func (d *DUT) poweroff(gen uint64) {
 	if d.closed || d.gen != gen {
 		return
 	}
+	d.printShutdownLocked(false)
 	d.downLocked(Off, rebootDropDelay)
 }
 

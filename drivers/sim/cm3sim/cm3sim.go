@@ -128,6 +128,9 @@ type Options struct {
 	AuthorizedKeys []ssh.PublicKey
 	// Faults are injected from the start.
 	Faults Faults
+	// Console is the CM3's serial console (nil: none): the rig prints
+	// its boot logs to it, gives it in Config and closes it on Close.
+	Console *sim.SerialConsole
 	// Log receives the rig's diagnostics (nil: discarded).
 	Log *slog.Logger
 }
@@ -154,6 +157,7 @@ type Rig struct {
 	usbDelay    time.Duration
 	controlUser string
 	controlPass string
+	serial      *sim.SerialConsole
 	log         *slog.Logger
 
 	mu       sync.Mutex
@@ -204,6 +208,7 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 		usbDelay:    opts.USBDelay,
 		controlUser: opts.ControlUser,
 		controlPass: opts.ControlPassword,
+		serial:      opts.Console,
 		log:         opts.Log.With("rig", opts.Name),
 		faults:      opts.Faults,
 		booted:      opts.Image,
@@ -240,6 +245,7 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 		Model:          opts.Image.Model,
 		Faults:         sim.Faults{NeverBoots: opts.Faults.NeverBoots, HostKeyChangesOnBoot: opts.Faults.HostKeyChangesOnBoot},
 		BootCheck:      r.bootCheck,
+		Console:        opts.Console,
 		Log:            opts.Log,
 	})
 	if err != nil {
@@ -298,6 +304,7 @@ func (r *Rig) Close() {
 	if r.Sidecar != nil {
 		r.Sidecar.Close()
 	}
+	_ = r.serial.Close()
 }
 
 // startAPI answers the control-host API port with 404 Not Found.
@@ -318,12 +325,13 @@ func (r *Rig) TestDevice() string { return r.dev }
 // Config returns the device configuration keys that reach the rig:
 // device_ip and ssh_port (the CM3), control_host, control_port,
 // control_user and control_password (the sidecar), control_host_api_port,
-// test_device and reboot_script.
+// test_device and reboot_script; serial_host and serial_port when the CM3
+// has a serial console.
 func (r *Rig) Config() map[string]any {
 	host, port := sim.SplitAddr(r.Addr())
 	chost, cport := sim.SplitAddr(r.Sidecar.Addr())
 	_, apiPort := sim.SplitAddr(r.apiAddr)
-	return map[string]any{
+	c := map[string]any{
 		"control_host_api_port": apiPort,
 		"device_ip":             host,
 		"ssh_port":              port,
@@ -334,6 +342,8 @@ func (r *Rig) Config() map[string]any {
 		"test_device":           r.dev,
 		"reboot_script":         []string{r.ResetScript},
 	}
+	r.serial.AddConfig(c)
+	return c
 }
 
 // Addr returns the CM3's SSH address (device_ip:ssh_port).

@@ -29,6 +29,7 @@ func init() {
 //	reset_fails: true
 //	usb_never_appears: true
 //	bogus_device_file: true
+//	serial: false            # no serial console (see sim.StartLab)
 func StartLab(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
 	s := sim.NewSettings(opts.Settings)
 	o := Options{
@@ -39,6 +40,7 @@ func StartLab(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
 		TestDevice:     s.String("test_device", ""),
 		DiskRate:       s.Size("disk_rate", 0),
 		AuthorizedKeys: opts.AuthorizedKeys,
+		Console:        opts.Console,
 		Log:            opts.Log,
 		Faults: Faults{
 			NeverBoots:           s.Bool("never_boots", false),

@@ -139,6 +139,10 @@ type Options struct {
 	AuthorizedKeys []ssh.PublicKey
 	// Faults are injected from the start.
 	Faults Faults
+	// Console is the board's serial console (nil: none): both images
+	// print their boot logs to it, the rig gives it in Config and closes
+	// it on Close.
+	Console *sim.SerialConsole
 	// Log receives the rig's diagnostics (nil: discarded).
 	Log *slog.Logger
 }
@@ -157,6 +161,7 @@ type Rig struct {
 
 	dev, writable          string
 	masterUser, masterPass string
+	serial                 *sim.SerialConsole
 	log                    *slog.Logger
 	px                     *sim.Proxy
 	vol                    *sim.Volume // the card's partitions
@@ -207,6 +212,7 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 	r := &Rig{
 		dev: opts.TestDevice, writable: opts.WritablePartition,
 		masterUser: opts.MasterUser, masterPass: opts.MasterPassword,
+		serial:       opts.Console,
 		log:          opts.Log.With("rig", opts.Name),
 		faults:       opts.Faults,
 		selectMaster: opts.StartInMaster,
@@ -233,6 +239,7 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 		OSRelease:      masterRelease,
 		Faults:         masterFaults(opts.Faults),
 		Disks:          map[string]*sim.Disk{opts.TestDevice: r.Disk},
+		Console:        opts.Console,
 		Log:            opts.Log,
 	})
 	if err != nil {
@@ -248,6 +255,7 @@ func Start(ctx context.Context, opts Options) (*Rig, error) {
 		Model:          opts.Image.Model,
 		Faults:         testFaults(opts.Faults),
 		BootCheck:      r.testBootCheck,
+		Console:        opts.Console,
 		Log:            opts.Log,
 	})
 	if err != nil {
@@ -309,6 +317,7 @@ func (r *Rig) Close() {
 			d.Close()
 		}
 	}
+	_ = r.serial.Close()
 }
 
 // Addr returns the board's SSH address (device_ip:ssh_port).
@@ -320,10 +329,11 @@ func (r *Rig) TestDevice() string { return r.dev }
 // Config returns the device configuration keys that reach the rig:
 // device_ip, ssh_port, test_device, snappy_writable_partition,
 // select_master_script, select_test_script, reboot_script, master_user
-// and master_password.
+// and master_password; serial_host and serial_port when the board has a
+// serial console.
 func (r *Rig) Config() map[string]any {
 	host, port := sim.SplitAddr(r.Addr())
-	return map[string]any{
+	c := map[string]any{
 		"device_ip":                 host,
 		"ssh_port":                  port,
 		"test_device":               r.dev,
@@ -334,6 +344,8 @@ func (r *Rig) Config() map[string]any {
 		"master_user":               r.masterUser,
 		"master_password":           r.masterPass,
 	}
+	r.serial.AddConfig(c)
+	return c
 }
 
 // InMaster reports whether the board runs (or is booting) its master

@@ -32,6 +32,7 @@ func init() {
 //	drop_after: 10s
 //	reset_fails: true
 //	select_fails: true
+//	serial: false                   # no serial console (see sim.StartLab)
 func StartLab(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
 	s := sim.NewSettings(opts.Settings)
 	o := Options{
@@ -43,6 +44,7 @@ func StartLab(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
 		StartInMaster:     s.Bool("start_in_master", false),
 		DiskRate:          s.Size("disk_rate", 0),
 		AuthorizedKeys:    opts.AuthorizedKeys,
+		Console:           opts.Console,
 		Log:               opts.Log,
 		Faults: Faults{
 			MasterNeverBoots:           s.Bool("master_never_boots", false),

@@ -9,6 +9,7 @@
 //	os_release: ubuntu-24.04   # the installed system: ubuntu-22.04 or ubuntu-24.04 (default)
 //	down: true           # powered off at start (default false)
 //	fault: never_boots   # or host_key_changes, slow_link
+//	serial: false        # no serial console (see sim.StartLab)
 package dutsim
 
 import (
@@ -30,6 +31,7 @@ type Device struct {
 	// Switch drives its power.
 	Switch *sim.Switch
 	reboot string
+	serial *sim.SerialConsole
 }
 
 // releases are the systems a simulated device can report.
@@ -82,6 +84,7 @@ func Start(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
 	dut, err := sim.StartDUT(ctx, sim.DUTOptions{
 		Name: opts.Name, BootTime: boot, Users: map[string]string{"ubuntu": "ubuntu"},
 		AuthorizedKeys: opts.AuthorizedKeys, OSRelease: releases[release], Faults: faults, Log: opts.Log,
+		Console: opts.Console,
 	})
 	if err != nil {
 		return nil, err
@@ -100,17 +103,21 @@ func Start(ctx context.Context, opts sim.LabOptions) (sim.LabDevice, error) {
 	if down {
 		dut.PowerOff()
 	}
-	return &Device{DUT: dut, Switch: sw, reboot: reboot}, nil
+	return &Device{DUT: dut, Switch: sw, reboot: reboot, serial: opts.Console}, nil
 }
 
-// Config returns device_ip, ssh_port and reboot_script.
+// Config returns device_ip, ssh_port and reboot_script, and serial_host
+// and serial_port when the device has a serial console.
 func (d *Device) Config() map[string]any {
 	host, port := sim.SplitAddr(d.DUT.Addr())
-	return map[string]any{"device_ip": host, "ssh_port": port, "reboot_script": []any{d.reboot}}
+	c := map[string]any{"device_ip": host, "ssh_port": port, "reboot_script": []any{d.reboot}}
+	d.serial.AddConfig(c)
+	return c
 }
 
-// Close stops the device and its switch.
+// Close stops the device, its switch and its serial console.
 func (d *Device) Close() {
 	d.DUT.Close()
 	d.Switch.Close()
+	_ = d.serial.Close()
 }

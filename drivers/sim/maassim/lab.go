@@ -50,18 +50,21 @@ const CredentialsFile = "maas-api-key"
 //	fail_requests: 0           # the first this many API requests answer 500
 //	drop_requests: 0           # the first this many API requests get no answer
 //	slow_answers: 0s           # every API answer is delayed this long
+//	serial: false              # no serial console for the machine (see sim.StartLab)
 //
 // The device keys it gives (Config): maas_url, maas_credentials (a file
 // in the device's directory, mode 0600), node_id, maas_user, device_ip,
 // ssh_port, and polling intervals and timeouts suited to a simulator
 // (poll_interval 200ms, poll_max 1s, release_timeout 30s,
 // fallback_timeout 10s, boot_timeout 60s, ssh_check_interval 200ms,
-// maas_retry_interval 200ms). The deployed system accepts ubuntu (password
-// ubuntu) and the lab's keys.
+// maas_retry_interval 200ms), and serial_host and serial_port when the
+// machine has a serial console. The deployed system accepts ubuntu
+// (password ubuntu) and the lab's keys.
 var LabSettings = []string{
 	"version", "node_id", "deploy_time", "release_time", "boot_time", "disks", "status", "not_admin", "no_tpm",
 	"deploy_fails", "release_hangs", "mark_broken_refused", "bmc_unresponsive", "no_address", "never_boots",
 	"wrong_distro", "host_key_changes", "efi_disk_first", "fail_requests", "drop_requests", "slow_answers",
+	sim.SerialSetting,
 }
 
 // Lab defaults: slower than the tests', so that a demo can be watched.
@@ -79,12 +82,14 @@ type LabDevice struct {
 	Machine *Machine
 	// Credentials is the path of the file holding the API key.
 	Credentials string
+	// Console is the machine's serial console (nil: none).
+	Console *sim.SerialConsole
 }
 
 // Config returns the device keys that reach the simulated MAAS and its
 // machine.
 func (d *LabDevice) Config() map[string]any {
-	return map[string]any{
+	c := map[string]any{
 		"maas_url":            d.Server.URL(),
 		"maas_credentials":    d.Credentials,
 		"maas_user":           d.Server.user,
@@ -99,10 +104,15 @@ func (d *LabDevice) Config() map[string]any {
 		"ssh_check_interval":  "200ms",
 		"maas_retry_interval": "200ms",
 	}
+	d.Console.AddConfig(c)
+	return c
 }
 
-// Close stops the simulated MAAS and its machine.
-func (d *LabDevice) Close() { d.Server.Close() }
+// Close stops the simulated MAAS, its machine and its serial console.
+func (d *LabDevice) Close() {
+	d.Server.Close()
+	_ = d.Console.Close()
+}
 
 // StartLab starts a simulated MAAS with one machine for a lab device
 // (see LabSettings), writing its API key into opts.Dir.
@@ -157,7 +167,8 @@ func StartLab(ctx context.Context, opts sim.LabOptions) (*LabDevice, error) {
 		srv.Close()
 		return nil, fmt.Errorf("maassim: writing the API key: %w", err)
 	}
-	return &LabDevice{Server: srv, Machine: m, Credentials: path}, nil
+	m.DUT().SetConsole(opts.Console)
+	return &LabDevice{Server: srv, Machine: m, Credentials: path, Console: opts.Console}, nil
 }
 
 // writeSecret writes a file only its owner can read, whatever the umask.

@@ -29,11 +29,12 @@ const LabType = "muxpi"
 //	control_api_down: true
 //	reboot_script_fails: true
 //	control_reboot_script_fails: true
+//	serial: false                  # no serial console (see sim.StartLab)
 var LabSettings = []string{
 	"boot_time", "control_boot_time", "test_device", "usb_node", "mux_cli",
 	"never_boots", "host_key_changes_on_boot", "write_fails_after", "write_rate",
 	"control_drop_after", "slow_link", "control_unreachable", "control_api_down", "reboot_script_fails",
-	"control_reboot_script_fails",
+	"control_reboot_script_fails", sim.SerialSetting,
 }
 
 func init() {
@@ -50,18 +51,30 @@ func startLab(ctx context.Context, lo sim.LabOptions) (sim.LabDevice, error) {
 	if err != nil {
 		return nil, err
 	}
-	return labDevice{r}, nil
+	r.DUT.SetConsole(lo.Console)
+	return labDevice{r, lo.Console}, nil
 }
 
-// labDevice is a Rig started for a lab.
-type labDevice struct{ *Rig }
+// labDevice is a Rig started for a lab, and the DUT's serial console.
+type labDevice struct {
+	*Rig
+	serial *sim.SerialConsole
+}
+
+// Close stops the Rig and the serial console.
+func (d labDevice) Close() {
+	d.Rig.Close()
+	_ = d.serial.Close()
+}
 
 // Config returns the Rig's Config with waits and retries suited to the
 // simulator's timings: it boots and answers in well under a second, so
 // polling every 10 s (the drivers' defaults, made for hardware) would only
-// slow a lab down.
+// slow a lab down; and serial_host and serial_port, when the DUT has a
+// serial console.
 func (d labDevice) Config() map[string]any {
 	c := d.Rig.Config()
+	d.serial.AddConfig(c)
 	c["boot_check_interval"] = "500ms"
 	c["control_retry_interval"] = "500ms"
 	c["control_retry_timeout"] = "5s"

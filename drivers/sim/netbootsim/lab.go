@@ -31,31 +31,41 @@ func init() {
 //	write_fails_after: 0         # the disk fails after this many bytes
 //	link_drops_after: 0          # the imager's download is cut after this many bytes
 //	slow_link: 0                 # the imager downloads at most this many bytes/s
+//	serial: false                # no serial console (see sim.StartLab)
 //
 // The test image accepts admin/admin and ubuntu/ubuntu, and the lab
 // host's keys.
 var LabSettings = []string{
 	"boot_time", "master_boot_time", "start", "test_device", "disk_size", "os_release",
 	"never_boots", "imager_never_boots", "host_key_changes", "write_fails_after", "link_drops_after", "slow_link",
+	sim.SerialSetting,
 }
 
 // labBootTime is a lab device's default boot time: short, yet long enough
 // to watch the device boot.
 const labBootTime = 2 * time.Second
 
-// labDevice is a Rig started for a lab.
-type labDevice struct{ r *Rig }
+// labDevice is a Rig started for a lab, and its serial console.
+type labDevice struct {
+	r      *Rig
+	serial *sim.SerialConsole
+}
 
 // Config returns the Rig's Config and boot_check_interval: 1s, so that a
-// lab's device is polled as fast as it boots.
+// lab's device is polled as fast as it boots; and serial_host and
+// serial_port, when the device has a serial console.
 func (d labDevice) Config() map[string]any {
 	c := d.r.Config()
 	c["boot_check_interval"] = "1s"
+	d.serial.AddConfig(c)
 	return c
 }
 
-// Close stops the Rig.
-func (d labDevice) Close() { d.r.Close() }
+// Close stops the Rig and the serial console.
+func (d labDevice) Close() {
+	d.r.Close()
+	_ = d.serial.Close()
+}
 
 func startLab(ctx context.Context, lo sim.LabOptions) (sim.LabDevice, error) {
 	s := sim.NewSettings(lo.Settings)
@@ -90,7 +100,8 @@ func startLab(ctx context.Context, lo sim.LabOptions) (sim.LabDevice, error) {
 	if err != nil {
 		return nil, err
 	}
-	return labDevice{r}, nil
+	r.DUT().SetConsole(lo.Console)
+	return labDevice{r, lo.Console}, nil
 }
 
 // maxLabBootTime bounds a lab device's boot times.

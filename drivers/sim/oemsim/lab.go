@@ -44,10 +44,11 @@ func init() {
 //	drop_after: 0
 //	wrong_image: false
 //	host_key_changes: false
+//	serial: false                  # no serial console (see sim.StartLab)
 var LabSettings = []string{
 	"recovery", "factory_version", "boot_time", "reinstall_time", "oem_config_time", "recovery_size",
 	"recovery_password", "never_boots", "recovery_never_finishes", "write_fails_after", "slow_link",
-	"drop_after", "wrong_image", "host_key_changes",
+	"drop_after", "wrong_image", "host_key_changes", sim.SerialSetting,
 }
 
 // labDevice is a Rig started by `flinger lab`.
@@ -57,9 +58,11 @@ type labDevice struct {
 }
 
 // Config returns device_ip, ssh_port and reboot_script; recovery_cmds for
-// oemrecovery; and poll intervals suited to the simulator's timings.
+// oemrecovery; poll intervals suited to the simulator's timings; and
+// serial_host and serial_port when the laptop has a serial console.
 func (l *labDevice) Config() map[string]any {
 	c := l.Rig.Config()
+	l.opts.Console.AddConfig(c)
 	c["boot_check_interval"] = "200ms"
 	c["recovery_poll_interval"] = "500ms"
 	if l.typ == "oemrecovery" {
@@ -69,7 +72,7 @@ func (l *labDevice) Config() map[string]any {
 }
 
 func startLab(ctx context.Context, typ string, lo sim.LabOptions) (sim.LabDevice, error) {
-	o := Options{Name: lo.Name, Dir: lo.Dir, Recovery: labTypes[typ], AuthorizedKeys: lo.AuthorizedKeys, Log: lo.Log}
+	o := Options{Name: lo.Name, Dir: lo.Dir, Recovery: labTypes[typ], AuthorizedKeys: lo.AuthorizedKeys, Console: lo.Console, Log: lo.Log}
 	if err := applySettings(&o, lo.Settings); err != nil {
 		return nil, err
 	}
@@ -78,6 +81,12 @@ func startLab(ctx context.Context, typ string, lo sim.LabOptions) (sim.LabDevice
 		return nil, err
 	}
 	return &labDevice{Rig: r, typ: typ}, nil
+}
+
+// Close stops the Rig and the serial console.
+func (l *labDevice) Close() {
+	l.Rig.Close()
+	_ = l.opts.Console.Close()
 }
 
 // applySettings reads a lab file's sim: keys (LabSettings) into o.

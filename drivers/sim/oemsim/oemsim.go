@@ -171,6 +171,9 @@ type Options struct {
 	AuthorizedKeys []ssh.PublicKey
 	// Faults are the faults injected from the start.
 	Faults Faults
+	// Console is the laptop's serial console (nil: none), which every
+	// incarnation of its DUT prints its boot logs to.
+	Console *sim.SerialConsole
 	// Log receives the simulator's diagnostics (nil: discarded).
 	Log *slog.Logger
 }
@@ -318,6 +321,7 @@ func (r *Rig) dutOptions(addr string, users map[string]string, osRelease string,
 		Faults:         faults,
 		Commands:       r.commands(),
 		Disks:          map[string]*sim.Disk{RecoveryPartition: r.recovery, EFIPartition: sim.NewDisk(EFIPartition, 512<<20)},
+		Console:        r.opts.Console,
 		Log:            r.log,
 	}
 }
