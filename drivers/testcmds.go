@@ -40,7 +40,9 @@ const outputGrace = 5 * time.Second
 // RunTestCmds runs the job's test_data.test_cmds in run.Dir, as
 // Testflinger's connectors do (run_test_cmds in
 // device-connectors/src/testflinger_device_connectors/__init__.py), and
-// returns their exit status.
+// returns their exit status. Test attachments with a device destination
+// are copied to the device first (CopyDeviceAttachments); a failed copy
+// fails the phase before anything runs.
 //
 //   - No test_cmds (or an empty string or list): a line saying so, status 0.
 //   - A string is a script: it is written to ScriptName in run.Dir, with
@@ -78,6 +80,12 @@ const outputGrace = 5 * time.Second
 func RunTestCmds(ctx context.Context, run *Run) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 128 + int(syscall.SIGTERM), fmt.Errorf("test_cmds not run: %w", err)
+	}
+	if err := CopyDeviceAttachments(ctx, run); err != nil {
+		if ctx.Err() != nil {
+			return 128 + int(syscall.SIGTERM), err
+		}
+		return ExitFailed, err
 	}
 	out := run.Out
 	if out == nil {
