@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,7 +49,9 @@ type Client struct {
 	// Devices is the device-status bucket.
 	Devices jetstream.KeyValue
 
-	log *slog.Logger
+	log   *slog.Logger
+	objMu sync.Mutex
+	objs  map[string]jetstream.ObjectStore
 }
 
 // Connect dials NATS and binds to Flinger's streams and buckets, which must
@@ -167,6 +170,11 @@ func Setup(ctx context.Context, js jetstream.JetStream, subj events.Subjects, o 
 	for _, cfg := range subj.Buckets(o) {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			return fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	for _, cfg := range subj.ObjectStores(o) {
+		if _, err := js.CreateOrUpdateObjectStore(ctx, cfg); err != nil {
+			return fmt.Errorf("object store %s: %w", cfg.Bucket, err)
 		}
 	}
 	return nil

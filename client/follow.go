@@ -15,13 +15,19 @@ import (
 // chunk of its output, from the job's start, until the job ends; then it
 // returns the job's final record.
 func Follow(ctx context.Context, c *broker.Client, jobID string, onEvent func(*events.Event), onOutput func(*events.LogChunk)) (*events.JobRecord, error) {
+	return FollowStream(ctx, c, jobID, StreamOutput, onEvent, onOutput)
+}
+
+// FollowStream is Follow for either log stream: StreamOutput, or
+// StreamSerial for the device's serial console.
+func FollowStream(ctx context.Context, c *broker.Client, jobID, stream string, onEvent func(*events.Event), onOutput func(*events.LogChunk)) (*events.JobRecord, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	evs, err := Watch(ctx, c, WatchOptions{JobID: jobID})
 	if err != nil {
 		return nil, err
 	}
-	logs, err := Logs(ctx, c, jobID)
+	logs, err := LogStream(ctx, c, jobID, stream)
 	if err != nil {
 		return nil, err
 	}

@@ -50,9 +50,23 @@ func Watch(ctx context.Context, c *broker.Client, o WatchOptions) (iter.Seq2[*ev
 	}, nil
 }
 
+// Log streams of a job's phases.
+const (
+	// StreamOutput is what the phases' commands printed.
+	StreamOutput = "output"
+	// StreamSerial is the device's serial console, while the phase ran.
+	StreamSerial = "serial"
+)
+
 // Logs yields a job's output chunks in order, from the first, until ctx is done.
 func Logs(ctx context.Context, c *broker.Client, jobID string) (iter.Seq2[*events.LogChunk, error], error) {
-	return consume[events.LogChunk](ctx, c, c.Subj.LogStream(), c.Subj.Logs(jobID), jetstream.DeliverAllPolicy, 256, "job output")
+	return LogStream(ctx, c, jobID, StreamOutput)
+}
+
+// LogStream yields the chunks of one log stream of a job (StreamOutput or
+// StreamSerial) in order, from the first, until ctx is done.
+func LogStream(ctx context.Context, c *broker.Client, jobID, stream string) (iter.Seq2[*events.LogChunk, error], error) {
+	return consume[events.LogChunk](ctx, c, c.Subj.LogStream(), c.Subj.StreamLogs(jobID, stream), jetstream.DeliverAllPolicy, 256, "job "+stream)
 }
 
 // consume yields the messages of stream under filter, decoded as T, in
@@ -100,9 +114,14 @@ func consume[T any](ctx context.Context, c *broker.Client, stream, filter string
 // LogsSoFar returns a job's output chunks stored so far (of phase p only,
 // when p is not empty), in order, without waiting for more.
 func LogsSoFar(ctx context.Context, c *broker.Client, jobID string, p events.Phase) ([]*events.LogChunk, error) {
-	filter := c.Subj.Logs(jobID)
+	return StreamSoFar(ctx, c, jobID, p, StreamOutput)
+}
+
+// StreamSoFar is LogsSoFar for either log stream.
+func StreamSoFar(ctx context.Context, c *broker.Client, jobID string, p events.Phase, stream string) ([]*events.LogChunk, error) {
+	filter := c.Subj.StreamLogs(jobID, stream)
 	if p != "" {
-		filter = c.Subj.Log(jobID, p, "output")
+		filter = c.Subj.Log(jobID, p, stream)
 	}
 	st, err := c.JS.Stream(ctx, c.Subj.LogStream())
 	if err != nil {

@@ -68,6 +68,12 @@ const (
 	// because its host is not one the lab allows (or the lab allows none);
 	// Detail says why.
 	EventWebhookRefused = "webhook_refused"
+	// EventAttachmentsComplete: the job's attachment archive is stored and
+	// checked, and the job is queued (data: size, sha256).
+	EventAttachmentsComplete = "attachments_complete"
+	// EventArtifactsStored: the job's artifacts/ archive is stored at its
+	// end (data: size, sha256, files).
+	EventArtifactsStored = "artifacts_stored"
 )
 
 // PhaseStart is the event a phase begins with, such as "provision_start".

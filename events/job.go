@@ -472,3 +472,43 @@ func (j *Job) SkipReason(p Phase) string {
 	}
 	return ""
 }
+
+// AttachmentPhases are the phases whose data may carry attachments, in
+// the order of the directories of a job's attachment archive.
+var AttachmentPhases = []Phase{PhaseProvision, PhaseFirmwareUpdate, PhaseTest}
+
+// AttachmentsOf returns the attachments named by phase p's data
+// (provision_data, firmware_update_data or test_data), in their order.
+func (j *Job) AttachmentsOf(p Phase) []Attachment {
+	if p == PhaseTest {
+		if j.TestData == nil {
+			return nil
+		}
+		return j.TestData.Attachments
+	}
+	var d Data
+	switch p {
+	case PhaseProvision:
+		d = j.ProvisionData
+	case PhaseFirmwareUpdate:
+		d = j.FirmwareUpdateData
+	}
+	l, _ := d["attachments"].([]any)
+	out := make([]Attachment, 0, len(l))
+	for _, e := range l {
+		m, _ := e.(map[string]any)
+		out = append(out, Attachment{Local: asStr(m["local"]), Agent: asStr(m["agent"]), Device: asStr(m["device"])})
+	}
+	return out
+}
+
+// HasAttachments reports whether any phase's data names an attachment:
+// such a job waits for its attachment archive before it is queued.
+func (j *Job) HasAttachments() bool {
+	for _, p := range AttachmentPhases {
+		if len(j.AttachmentsOf(p)) > 0 {
+			return true
+		}
+	}
+	return false
+}

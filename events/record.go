@@ -91,9 +91,37 @@ type JobRecord struct {
 	ReservedAt time.Time `msgpack:"reserved_at,omitempty" json:"reserved_at,omitzero"`
 	// ReserveUntil is when the job's reservation ends, while it is reserved.
 	ReserveUntil time.Time `msgpack:"reserve_until,omitempty" json:"reserve_until,omitzero"`
+	// AttachmentsStatus is Testflinger's attachments_status: waiting while
+	// the job's attachment archive is being sent (the job is not queued
+	// until then), complete once it is stored and checked.
+	AttachmentsStatus string `msgpack:"attachments_status,omitempty" json:"attachments_status,omitempty"`
+	// Attachments is the job's attachment archive in the object store.
+	Attachments *ObjectRef `msgpack:"attachments,omitempty" json:"attachments,omitempty"`
+	// Artifacts is the archive of the test's artifacts/ directory (and
+	// the serial console log), stored when the job ended.
+	Artifacts *ObjectRef `msgpack:"artifacts,omitempty" json:"artifacts,omitempty"`
 
 	// Extra keeps fields this version does not know.
 	Extra map[string]any `msgpack:"-" json:"-"`
+}
+
+// Values of JobRecord.AttachmentsStatus.
+const (
+	AttachmentsWaiting  = "waiting"
+	AttachmentsComplete = "complete"
+)
+
+// ObjectRef names an object in one of the lab's object stores, with what
+// a reader checks it against.
+type ObjectRef struct {
+	// Name is the object's name in its bucket.
+	Name string `msgpack:"name" json:"name"`
+	// Size is its length in bytes.
+	Size int64 `msgpack:"size" json:"size"`
+	// SHA256 is the hex SHA-256 of its bytes.
+	SHA256 string `msgpack:"sha256" json:"sha256"`
+	// Files counts the files the archive holds, when known.
+	Files int `msgpack:"files,omitempty" json:"files,omitempty"`
 }
 
 // Kind implements Versioned.
@@ -154,6 +182,12 @@ type SubmitReply struct {
 	Fields []FieldError `msgpack:"fields,omitempty" json:"fields,omitempty"`
 	// Duplicate is set when the job id was already submitted.
 	Duplicate bool `msgpack:"duplicate,omitempty" json:"duplicate,omitempty"`
+	// AttachmentsStatus is waiting when the job waits for its attachment
+	// archive: the submitter stores it under the job's id in the
+	// attachments bucket, then sends the attachments control request.
+	AttachmentsStatus string `msgpack:"attachments_status,omitempty" json:"attachments_status,omitempty"`
+	// AttachmentLimit is the largest attachment archive the lab takes, in bytes.
+	AttachmentLimit int64 `msgpack:"attachment_limit,omitempty" json:"attachment_limit,omitempty"`
 }
 
 // CtlRequest asks the orchestrator to act on a job or a device.
@@ -170,6 +204,9 @@ type CtlRequest struct {
 	// Duration is how much longer a reservation should last, for
 	// `reserve extend` (Go or Testflinger duration syntax: 90m, 2h30m, 3600).
 	Duration string `msgpack:"duration,omitempty" json:"duration,omitempty"`
+	// Object describes the attachment archive a submitter stored, for
+	// the attachments request.
+	Object *ObjectRef `msgpack:"object,omitempty" json:"object,omitempty"`
 }
 
 // CtlReply answers a CtlRequest.

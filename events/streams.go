@@ -17,6 +17,10 @@ type StoreOptions struct {
 	LogMaxAge time.Duration
 	// JobMaxAge is how long job records are kept (default 7 days).
 	JobMaxAge time.Duration
+	// AttachmentMaxAge is how long attachment archives are kept (default 7 days).
+	AttachmentMaxAge time.Duration
+	// ArtifactMaxAge is how long artifact archives are kept (default 7 days).
+	ArtifactMaxAge time.Duration
 	// MaxJobBytes is the largest submission accepted (default 1 MiB).
 	MaxJobBytes int32
 	// Memory keeps everything in memory instead of on disk (for tests and benchmarks).
@@ -45,6 +49,12 @@ func (o StoreOptions) withDefaults() StoreOptions {
 	}
 	if o.JobMaxAge <= 0 {
 		o.JobMaxAge = DefaultMaxAge
+	}
+	if o.AttachmentMaxAge <= 0 {
+		o.AttachmentMaxAge = DefaultMaxAge
+	}
+	if o.ArtifactMaxAge <= 0 {
+		o.ArtifactMaxAge = DefaultMaxAge
 	}
 	if o.MaxJobBytes <= 0 {
 		o.MaxJobBytes = DefaultMaxJobBytes
@@ -123,5 +133,15 @@ func (s Subjects) Buckets(o StoreOptions) []jetstream.KeyValueConfig {
 	return []jetstream.KeyValueConfig{
 		{Bucket: s.JobBucket(), Description: "Job records by job id", History: 1, TTL: o.JobMaxAge, Storage: storage, Replicas: o.Replicas},
 		{Bucket: s.DeviceBucket(), Description: "Device status by device name", History: 1, Storage: storage, Replicas: o.Replicas},
+	}
+}
+
+// ObjectStores returns the definitions of Flinger's object stores: job
+// attachments and job artifacts, each expiring after its age.
+func (s Subjects) ObjectStores(o StoreOptions) []jetstream.ObjectStoreConfig {
+	o = o.withDefaults()
+	return []jetstream.ObjectStoreConfig{
+		{Bucket: s.AttachmentBucket(), Description: "Jobs' attachment archives (tar.gz), by job id", TTL: o.AttachmentMaxAge, Storage: o.storage(), Replicas: o.Replicas},
+		{Bucket: s.ArtifactBucket(), Description: "Jobs' artifact archives (tar.gz), by job id", TTL: o.ArtifactMaxAge, Storage: o.storage(), Replicas: o.Replicas},
 	}
 }

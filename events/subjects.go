@@ -203,6 +203,11 @@ func (s Subjects) Log(jobID string, phase Phase, stream string) string {
 // Logs matches every log of job id.
 func (s Subjects) Logs(jobID string) string { return s.join("logs", Token(jobID), ">") }
 
+// StreamLogs matches one log stream ("output" or "serial") of every phase of job id.
+func (s Subjects) StreamLogs(jobID, stream string) string {
+	return s.join("logs", Token(jobID), "*", stream)
+}
+
 // AllLogs matches every log.
 func (s Subjects) AllLogs() string { return s.join("logs", ">") }
 
@@ -253,6 +258,14 @@ func (s Subjects) JobBucket() string { return s.upper() + "_JOBS" }
 // workers resolve test_data.secrets from. Only workers should be allowed
 // to read it.
 func (s Subjects) SecretBucket() string { return s.upper() + "_SECRETS" }
+
+// AttachmentBucket names the object store holding jobs' attachment
+// archives, one per job, named by job id.
+func (s Subjects) AttachmentBucket() string { return s.upper() + "_ATTACHMENTS" }
+
+// ArtifactBucket names the object store holding jobs' artifact archives,
+// one per job, named by job id.
+func (s Subjects) ArtifactBucket() string { return s.upper() + "_ARTIFACTS" }
 
 // DeviceBucket names the KV bucket of device status records.
 func (s Subjects) DeviceBucket() string { return s.upper() + "_DEVICES" }

@@ -36,6 +36,7 @@ func (o *Orchestrator) endpoints() []ctlEndpoint {
 		{"cancel", "cancel a job: {job_id, comment}", o.ctlCancel},
 		{"device-set", "set a device online, offline or maintenance: {device, state, comment}", o.ctlDeviceSet},
 		{"reserve-extend", "extend a job's reservation: {job_id, duration}", o.ctlReserveExtend},
+		{"attachments", "a job's attachment archive is stored: {job_id, object: {name, size, sha256}}", o.ctlAttachments},
 	}
 }
 
@@ -133,6 +134,9 @@ func (o *Orchestrator) Cancel(ctx context.Context, id, comment string) (events.J
 	detail := "cancelled on request"
 	if comment != "" {
 		detail += ": " + comment
+	}
+	if endedNow && rec.AttachmentsStatus != "" {
+		o.dropAttachments(ctx, id)
 	}
 	if endedNow {
 		for _, name := range []string{events.EventCancelled, events.EventJobEnd} {

@@ -93,6 +93,11 @@ func (o *Orchestrator) handleSubmission(ctx context.Context, m jetstream.Msg) {
 		job.JobID = uuid.NewString()
 	}
 	rec := &events.JobRecord{Job: *job, State: events.JobWaiting, SubmittedAt: time.Now().UTC()}
+	if job.HasAttachments() {
+		// Testflinger's attachments_status: the job is queued once its
+		// attachment archive is stored (ctlAttachments).
+		rec.AttachmentsStatus = events.AttachmentsWaiting
+	}
 	rev, err := o.c.CreateJob(ctx, rec)
 	if err != nil {
 		if !errors.Is(err, jetstream.ErrKeyExists) {
@@ -122,12 +127,21 @@ func (o *Orchestrator) handleSubmission(ctx context.Context, m jetstream.Msg) {
 	ev := events.NewEvent(events.EventJobSubmitted)
 	ev.ID = "submitted-" + job.JobID
 	ev.JobID, ev.Queue, ev.Detail = job.JobID, job.JobQueue, "queued on "+job.JobQueue
+	if rec.AttachmentsStatus == events.AttachmentsWaiting {
+		ev.Detail = "waiting for its attachments, for " + job.JobQueue
+	}
 	// The webhook reactor learns the job's webhook (or that it has none)
 	// from here, without reading the record.
 	ev.Data = map[string]any{"job_status_webhook": job.JobStatusWebhook}
 	if err := o.c.PublishEventSync(ctx, ev); err != nil {
 		o.log.Error("intake: cannot announce job; will retry", "job", job.JobID, "err", err)
 		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	if rec.AttachmentsStatus == events.AttachmentsWaiting {
+		o.reply(replyTo, &events.SubmitReply{JobID: job.JobID, Queue: job.JobQueue,
+			AttachmentsStatus: rec.AttachmentsStatus, AttachmentLimit: o.cfg.MaxAttachmentBytes})
+		_ = m.Ack()
 		return
 	}
 	if err := o.route(ctx, rec, rev); err != nil {

@@ -47,6 +47,10 @@ type Config struct {
 	WebhookHosts []string
 	// WebhookToken, when set, is sent as a bearer token to webhooks.
 	WebhookToken string
+	// MaxAttachmentBytes is the largest attachment archive a job may
+	// carry (default DefaultMaxAttachmentBytes); a larger one fails the
+	// job before it is queued.
+	MaxAttachmentBytes int64
 	// Metrics, when not nil, receives the orchestrator's metrics.
 	Metrics *metrics.Orchestrator
 	// Log is its logger (nil: slog.Default()).
@@ -58,8 +62,10 @@ const (
 	DefaultMaxAttempts    = 3
 	DefaultDeviceTimeout  = 45 * time.Second
 	DefaultMaxReservation = 6 * time.Hour
-	LostJobRequeue        = "requeue"
-	LostJobFail           = "fail"
+	// DefaultMaxAttachmentBytes is 4 GiB: a compressed desktop image.
+	DefaultMaxAttachmentBytes = 4 << 30
+	LostJobRequeue            = "requeue"
+	LostJobFail               = "fail"
 )
 
 // Orchestrator runs intake and the control service.
@@ -101,6 +107,9 @@ func New(cfg Config) (*Orchestrator, error) {
 	}
 	if cfg.MaxReservation <= 0 {
 		cfg.MaxReservation = DefaultMaxReservation
+	}
+	if cfg.MaxAttachmentBytes <= 0 {
+		cfg.MaxAttachmentBytes = DefaultMaxAttachmentBytes
 	}
 	return &Orchestrator{cfg: cfg, c: cfg.Client, log: log.With("component", "orchestrator"), max: cfg.MaxJobBytes}, nil
 }

@@ -86,6 +86,7 @@ type jobRun struct {
 	deadline  time.Time
 	status    map[events.Phase]int
 	info      map[string]any
+	serial    *serialLog // the device's serial console, once captured
 }
 
 // runJob runs one job delivered from queue to this device, from claim to
@@ -222,7 +223,9 @@ func (r *jobRun) claim() bool {
 // and its headers, so that an uncontested claim is one compare-and-set.
 func (r *jobRun) queuedRecord() (*events.JobRecord, uint64) {
 	h := r.msg.Headers()
-	if h == nil {
+	if h == nil || r.job.HasAttachments() {
+		// A job with attachments has more in its record than intake's
+		// first write: it is read.
 		return nil, 0
 	}
 	rev, err := strconv.ParseUint(h.Get(events.HeaderRecordRevision), 10, 64)
@@ -429,9 +432,15 @@ phases:
 	case requeue:
 		// The orchestrator requeues the job, or ends it now that this
 		// device has cleaned up; this device is done with it.
+		artifacts := r.storeArtifacts()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		status := maps.Clone(r.status)
-		if err := r.updateRecord(ctx, func(rec *events.JobRecord) { rec.Status = status }); err != nil && !errors.Is(err, errLeaseLost) {
+		if err := r.updateRecord(ctx, func(rec *events.JobRecord) {
+			rec.Status = status
+			if artifacts != nil {
+				rec.Artifacts = artifacts
+			}
+		}); err != nil && !errors.Is(err, errLeaseLost) {
 			r.log.Warn("phase statuses not recorded", "err", err)
 		}
 		cancel()
@@ -530,11 +539,14 @@ func (r *jobRun) setPhase(p events.Phase) {
 // error and, when it was stopped early, why.
 func (r *jobRun) runPhase(p events.Phase) (rc int, err error, cause error) {
 	d := r.d
-	out := newPhaseOutput(d.w.c, r.job.JobID, p, "", r.masker)
+	out := newPhaseOutput(d.w.c, r.job.JobID, r.attempt, p, "", r.masker)
 	if p != events.PhaseSetup {
-		out = newPhaseOutput(d.w.c, r.job.JobID, p, filepath.Join(r.dir, string(p)+".log"), r.masker)
+		out = newPhaseOutput(d.w.c, r.job.JobID, r.attempt, p, filepath.Join(r.dir, string(p)+".log"), r.masker)
 	}
 	defer out.Close()
+	if p != events.PhaseSetup {
+		r.startSerial(p)
+	}
 
 	var ctx context.Context
 	var cancel context.CancelFunc
@@ -643,6 +655,9 @@ func (r *jobRun) setup(out *phaseOutput) error {
 		}
 	}
 	out.Printf("run directory %s ready", r.dir)
+	if err := r.fetchAttachments(r.ctx, out); err != nil {
+		return err
+	}
 	return r.resolveSecrets()
 }
 
@@ -824,9 +839,13 @@ func (r *jobRun) finish(endReason string, outcome events.Outcome) {
 	if outcome == events.OutcomeCancelled {
 		state = events.JobCancelled
 	}
+	artifacts := r.storeArtifacts()
 	err := r.updateRecord(ctx, func(rec *events.JobRecord) {
 		rec.State, rec.Outcome, rec.EndReason, rec.EndedAt = state, outcome, endReason, time.Now().UTC()
 		rec.Status = r.status
+		if artifacts != nil {
+			rec.Artifacts = artifacts
+		}
 		if r.info != nil {
 			rec.DeviceInfo = r.info
 		}
@@ -869,6 +888,10 @@ func (r *jobRun) emitEnd(endReason string, outcome events.Outcome) {
 
 // release removes the run directory and returns the device to service.
 func (r *jobRun) release(outcome events.Outcome) {
+	if r.serial != nil {
+		r.serial.stop()
+		r.serial = nil
+	}
 	if !r.d.w.cfg.KeepRunDirs && r.dir != "" {
 		_ = os.RemoveAll(r.dir)
 	}

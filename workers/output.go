@@ -27,6 +27,8 @@ type phaseOutput struct {
 	c       *broker.Client
 	jobID   string
 	phase   events.Phase
+	stream  string // output or serial
+	attempt int
 	subject string
 	onWrite func()
 	masked  io.WriteCloser // masks the job's secrets, or nil
@@ -39,10 +41,23 @@ type phaseOutput struct {
 	closed bool
 }
 
-// newPhaseOutput returns the output of one phase of a job, also appended
-// to logFile when it is not empty, with the secrets of masker masked.
-func newPhaseOutput(c *broker.Client, jobID string, phase events.Phase, logFile string, masker *drivers.Masker) *phaseOutput {
-	o := &phaseOutput{c: c, jobID: jobID, phase: phase, subject: c.Subj.Log(jobID, phase, "output")}
+// Log streams of a phase: what its commands print, and the device's
+// serial console.
+const (
+	streamOutput = "output"
+	streamSerial = "serial"
+)
+
+// newPhaseOutput returns the output of one phase of a job's attempt,
+// also appended to logFile when it is not empty, with the secrets of
+// masker masked.
+func newPhaseOutput(c *broker.Client, jobID string, attempt int, phase events.Phase, logFile string, masker *drivers.Masker) *phaseOutput {
+	return newPhaseLog(c, jobID, attempt, phase, streamOutput, logFile, masker)
+}
+
+// newPhaseLog is newPhaseOutput for either log stream of a phase.
+func newPhaseLog(c *broker.Client, jobID string, attempt int, phase events.Phase, stream, logFile string, masker *drivers.Masker) *phaseOutput {
+	o := &phaseOutput{c: c, jobID: jobID, phase: phase, stream: stream, attempt: attempt, subject: c.Subj.Log(jobID, phase, stream)}
 	if masker != nil {
 		o.masked = masker.Writer(rawOutput{o})
 	}
@@ -113,11 +128,13 @@ func (o *phaseOutput) flushLocked() {
 		chunk := &events.LogChunk{JobID: o.jobID, Phase: o.phase, Seq: o.seq, Time: time.Now().UTC(), Data: o.buf[:n]}
 		msg, err := events.NewMsg(o.subject, chunk)
 		if err == nil {
-			msg.Header.Set(events.HeaderMsgID, fmt.Sprintf("%s.%s.output.%d", o.jobID, o.phase, o.seq))
+			// The attempt is part of the id: a requeued job's next
+			// device numbers its chunks from 1 again.
+			msg.Header.Set(events.HeaderMsgID, fmt.Sprintf("%s.%s.%s.%d.%d", o.jobID, o.phase, o.stream, o.attempt, o.seq))
 			_, err = o.c.JS.PublishMsgAsync(msg)
 		}
 		if err != nil {
-			o.c.Log().Warn("output chunk not sent", "job", o.jobID, "phase", o.phase, "seq", o.seq, "err", err)
+			o.c.Log().Warn("log chunk not sent", "job", o.jobID, "phase", o.phase, "stream", o.stream, "seq", o.seq, "err", err)
 		}
 		o.buf = o.buf[n:]
 	}

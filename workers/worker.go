@@ -55,6 +55,12 @@ type Config struct {
 	CleanupTimeout time.Duration
 	// KeepRunDirs keeps run directories after jobs end (default: removed).
 	KeepRunDirs bool
+	// MaxUnpacked bounds the bytes a job's attachment archive may unpack
+	// to (default DefaultMaxUnpacked).
+	MaxUnpacked int64
+	// MaxArtifacts bounds a job's artifact archive (default
+	// DefaultMaxArtifacts); a larger one is not stored.
+	MaxArtifacts int64
 	// Secrets resolves the test_data.secrets of jobs (nil: the host
 	// file's secrets_file, or the lab's secrets bucket with secrets_kv;
 	// else jobs with secrets fail).
@@ -124,6 +130,12 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.RunDir == "" {
 		cfg.RunDir = cfg.Host.RunDir
+	}
+	if cfg.MaxUnpacked <= 0 {
+		cfg.MaxUnpacked = DefaultMaxUnpacked
+	}
+	if cfg.MaxArtifacts <= 0 {
+		cfg.MaxArtifacts = DefaultMaxArtifacts
 	}
 	if cfg.RunDir == "" {
 		cfg.RunDir = filepath.Join(os.TempDir(), "flinger-runs")

@@ -119,7 +119,11 @@ func runDemo(ctx context.Context, w io.Writer, l *lab.Lab, dir string) error {
 		if err != nil {
 			return err
 		}
-		reply, err := client.Submit(ctx, c, data, format)
+		job, err := client.PrepareJob(data, format, dir)
+		if err != nil {
+			return fmt.Errorf("%s: %w", j.file, err)
+		}
+		reply, err := client.SubmitJob(ctx, c, job, nil)
 		if err != nil {
 			var rej *client.RejectedError
 			if !errors.As(err, &rej) {

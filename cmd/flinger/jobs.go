@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -86,6 +87,11 @@ func newSubmitCmd(g *globals) *cobra.Command {
 		Use:   "submit JOB.yaml",
 		Short: "Submit a job and print its id",
 		Long: `Submit a Testflinger job (YAML or JSON; - for standard input) and print its id.
+Files named by the local key of provision_data, firmware_update_data and
+test_data attachments (relative to the job file's directory) are packed
+into one archive and stored with the job, which waits for them before it
+is queued; as with Testflinger's CLI, a job whose attachments cannot be
+sent is cancelled.
 With --follow, stream its events and output until it ends and exit with its
 result: the test phase's exit status, 46 if the device could not be
 recovered, 1 if another phase failed or the job was cancelled, 0 if it passed.`,
@@ -95,12 +101,20 @@ recovered, 1 if another phase failed or the job was cancelled, 0 if it passed.`,
 			if err != nil {
 				return err
 			}
+			base := "."
+			if args[0] != "-" {
+				base = filepath.Dir(args[0])
+			}
+			job, err := client.PrepareJob(data, format, base)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
 			c, err := g.connect(cmd.Context(), "flinger-submit")
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			reply, err := client.Submit(cmd.Context(), c, data, format)
+			reply, err := client.SubmitJob(cmd.Context(), c, job, nil)
 			if err != nil {
 				var rej *client.RejectedError
 				if errors.As(err, &rej) {

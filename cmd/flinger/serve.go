@@ -46,6 +46,7 @@ type orchestratorFlags struct {
 	lostPolicy     string
 	deviceTimeout  time.Duration
 	maxReservation time.Duration
+	maxAttachment  int64
 }
 
 func (o *orchestratorFlags) add(cmd *cobra.Command) {
@@ -58,10 +59,13 @@ func (o *orchestratorFlags) add(cmd *cobra.Command) {
 		"how long a device's heartbeat may be missing before its health becomes unknown and its job is handled as lost (longer than the workers' --heartbeat and --fence)")
 	f.DurationVar(&o.maxReservation, "max-reservation", orchestrator.DefaultMaxReservation,
 		"the longest a reservation may last in all, when reserve extend moves its end")
+	f.Int64Var(&o.maxAttachment, "max-attachment-bytes", orchestrator.DefaultMaxAttachmentBytes,
+		"the largest attachment archive a job may carry, in bytes")
 }
 
 func (o *orchestratorFlags) apply(cfg *orchestrator.Config) {
 	cfg.MaxAttempts, cfg.LostJobPolicy, cfg.DeviceTimeout, cfg.MaxReservation = o.maxAttempts, o.lostPolicy, o.deviceTimeout, o.maxReservation
+	cfg.MaxAttachmentBytes = o.maxAttachment
 }
 
 func (w *workerFlags) config() workers.Config {
@@ -158,7 +162,9 @@ expects. Without --data, the demo uses a fresh temporary store.`,
 	f.StringVar(&simImages, "sim-images", "127.0.0.1:8470", "with simulated devices: address of the server of simulated OS images (\"\": none)")
 	f.StringVar(&examples, "examples", "deploy/examples/jobs", "with --demo: the example jobs and their expected.yaml")
 	f.DurationVar(&store.EventMaxAge, "event-max-age", events.DefaultMaxAge, "how long events are kept")
-	f.DurationVar(&store.LogMaxAge, "log-max-age", events.DefaultMaxAge, "how long output logs are kept")
+	f.DurationVar(&store.LogMaxAge, "log-max-age", events.DefaultMaxAge, "how long output and serial logs are kept")
+	f.DurationVar(&store.AttachmentMaxAge, "attachment-max-age", events.DefaultMaxAge, "how long jobs' attachment archives are kept")
+	f.DurationVar(&store.ArtifactMaxAge, "artifact-max-age", events.DefaultMaxAge, "how long jobs' artifact archives are kept")
 	f.Int32Var(&store.MaxJobBytes, "max-job-bytes", events.DefaultMaxJobBytes, "largest job accepted, in bytes")
 	wf.add(cmd)
 	of.add(cmd)
@@ -274,7 +280,9 @@ func newOrchestratorCmd(g *globals) *cobra.Command {
 	f.BoolVar(&setup, "setup", true, "create or update the streams and buckets at start")
 	f.IntVar(&store.Replicas, "replicas", 1, "replicas of every stream and bucket (3 on a cluster)")
 	f.DurationVar(&store.EventMaxAge, "event-max-age", events.DefaultMaxAge, "how long events are kept")
-	f.DurationVar(&store.LogMaxAge, "log-max-age", events.DefaultMaxAge, "how long output logs are kept")
+	f.DurationVar(&store.LogMaxAge, "log-max-age", events.DefaultMaxAge, "how long output and serial logs are kept")
+	f.DurationVar(&store.AttachmentMaxAge, "attachment-max-age", events.DefaultMaxAge, "how long jobs' attachment archives are kept")
+	f.DurationVar(&store.ArtifactMaxAge, "artifact-max-age", events.DefaultMaxAge, "how long jobs' artifact archives are kept")
 	f.Int32Var(&store.MaxJobBytes, "max-job-bytes", events.DefaultMaxJobBytes, "largest job accepted, in bytes")
 	of.add(cmd)
 	hooks.add(cmd)
