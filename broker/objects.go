@@ -3,13 +3,18 @@ package broker
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/flingerlab/flinger/events"
 )
@@ -23,9 +28,9 @@ var ErrNoObject = errors.New("no such object")
 var ErrChecksum = errors.New("checksum mismatch")
 
 // ObjectChunk is the chunk size objects are stored with: large enough
-// that a 1 GiB archive is 4096 messages, small enough to stay well under
-// the server's maximum message size.
-const ObjectChunk = 256 << 10
+// that a 1 GiB archive is 2048 messages, small enough to stay well under
+// the server's default maximum message size (1 MiB).
+const ObjectChunk = 512 << 10
 
 // Attachments returns the lab's object store of job attachment archives.
 func (c *Client) Attachments(ctx context.Context) (jetstream.ObjectStore, error) {
@@ -54,26 +59,110 @@ func (c *Client) objectStore(ctx context.Context, name string) (jetstream.Object
 	return s, nil
 }
 
-// PutObject stores what r yields as object name of store, and returns
-// its reference: size and SHA-256, computed while it streams.
-func PutObject(ctx context.Context, store jetstream.ObjectStore, name, description string, r io.Reader) (*events.ObjectRef, error) {
-	h := sha256.New()
-	// Whole chunks: a pipe or a network reader returns short reads,
-	// which would each become a message of their own.
-	n := &countingReader{r: io.TeeReader(fullReader{r}, h)}
-	info, err := store.Put(ctx, jetstream.ObjectMeta{
-		Name:        name,
-		Description: description,
-		Opts:        &jetstream.ObjectMetaOptions{ChunkSize: ObjectChunk},
-	}, n)
+// putWindow is how many chunks of an object may await the server's
+// acknowledgement at once: enough to keep a fast link busy (16 MiB),
+// few enough that a slow disk slows the sender instead of failing it.
+const putWindow = 64
+
+// PutObject stores what r yields as object name of store (in the lab's
+// bucket named bucket), and returns its reference: size and SHA-256,
+// computed while it streams. It writes the object store's own layout
+// (chunks, then the object's description with its digest), so any NATS
+// client reads the object; unlike the client library's Put, it waits for
+// the server when the server falls behind (a 1 GiB object on a slow disk)
+// instead of failing.
+func (c *Client) PutObject(ctx context.Context, bucket, name, description string, r io.Reader) (*events.ObjectRef, error) {
+	store, err := c.objectStore(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
+	old, err := store.GetInfo(ctx, name, jetstream.GetObjectInfoShowDeleted())
+	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, fmt.Errorf("store %s: %w", name, err)
+	}
+	js, err := jetstream.New(c.NC, jetstream.WithPublishAsyncMaxPending(putWindow))
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", name, err)
 	}
-	ref := &events.ObjectRef{Name: name, Size: n.n, SHA256: hex.EncodeToString(h.Sum(nil))}
-	if int64(info.Size) != ref.Size {
-		return nil, fmt.Errorf("store %s: %w: the server holds %d bytes, %d were sent", name, ErrChecksum, info.Size, ref.Size)
+	streamName := "OBJ_" + bucket
+	id := nuid.Next()
+	chunkSubj := "$O." + bucket + ".C." + id
+	purge := func() {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if st, err := c.JS.Stream(pctx, streamName); err == nil {
+			_ = st.Purge(pctx, jetstream.WithPurgeSubject(chunkSubj))
+		}
 	}
-	return ref, nil
+	h := sha256.New()
+	buf := make([]byte, ObjectChunk)
+	var size int64
+	var chunks uint32
+	var futures []jetstream.PubAckFuture
+	for {
+		if err := ctx.Err(); err != nil {
+			purge()
+			return nil, fmt.Errorf("store %s: %w", name, err)
+		}
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			m := nats.NewMsg(chunkSubj)
+			m.Data = buf[:n]
+			f, err := js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute))
+			if err != nil {
+				purge()
+				return nil, fmt.Errorf("store %s: chunk %d: %w", name, chunks, err)
+			}
+			buf = make([]byte, ObjectChunk) // the message keeps its data until acknowledged
+			futures = append(futures, f)
+			size += int64(n)
+			chunks++
+		}
+		if rerr == io.EOF || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			break
+		}
+		if rerr != nil {
+			purge()
+			return nil, fmt.Errorf("store %s: %w", name, rerr)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		purge()
+		return nil, fmt.Errorf("store %s: %w", name, ctx.Err())
+	}
+	for i, f := range futures {
+		select {
+		case err := <-f.Err():
+			purge()
+			return nil, fmt.Errorf("store %s: chunk %d: %w", name, i, err)
+		default:
+		}
+	}
+	sum := h.Sum(nil)
+	info := &jetstream.ObjectInfo{
+		ObjectMeta: jetstream.ObjectMeta{Name: name, Description: description, Opts: &jetstream.ObjectMetaOptions{ChunkSize: ObjectChunk}},
+		Bucket:     bucket, NUID: id, Size: uint64(size), Chunks: chunks,
+		Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(sum),
+	}
+	meta := nats.NewMsg("$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name)))
+	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	if meta.Data, err = json.Marshal(info); err != nil {
+		purge()
+		return nil, fmt.Errorf("store %s: %w", name, err)
+	}
+	if _, err := c.JS.PublishMsg(ctx, meta); err != nil {
+		purge()
+		return nil, fmt.Errorf("store %s: %w", name, err)
+	}
+	if old != nil && !old.Deleted {
+		if st, err := c.JS.Stream(ctx, streamName); err == nil {
+			_ = st.Purge(ctx, jetstream.WithPurgeSubject("$O."+bucket+".C."+old.NUID))
+		}
+	}
+	return &events.ObjectRef{Name: name, Size: size, SHA256: hex.EncodeToString(sum)}, nil
 }
 
 // ObjectSHA256 returns the hex SHA-256 the object store recorded for an
@@ -158,24 +247,3 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 
 func (r *checkedReader) Close() error { return r.res.Close() }
 
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// fullReader fills each read whole unless the stream ends.
-type fullReader struct{ r io.Reader }
-
-func (f fullReader) Read(p []byte) (int, error) {
-	n, err := io.ReadFull(f.r, p)
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		err = io.EOF
-	}
-	return n, err
-}

@@ -153,10 +153,6 @@ var errAlreadyEnded = errors.New("job has already ended")
 // bytes, when limit > 0), and tells the orchestrator, which checks it and
 // queues the job. progress, when not nil, is called with the bytes sent.
 func UploadAttachments(ctx context.Context, c *broker.Client, jobID string, srcs []archive.Source, limit int64, progress func(sent int64)) (*events.ObjectRef, error) {
-	store, err := c.Attachments(ctx)
-	if err != nil {
-		return nil, err
-	}
 	pr, pw := io.Pipe()
 	var stats archive.Stats
 	go func() {
@@ -164,7 +160,7 @@ func UploadAttachments(ctx context.Context, c *broker.Client, jobID string, srcs
 		stats, err = archive.Pack(ctx, &limitWriter{w: pw, limit: limit, progress: progress}, srcs)
 		pw.CloseWithError(err)
 	}()
-	ref, err := broker.PutObject(ctx, store, jobID, "attachments of job "+jobID, pr)
+	ref, err := c.PutObject(ctx, c.Subj.AttachmentBucket(), jobID, "attachments of job "+jobID, pr)
 	_ = pr.CloseWithError(errors.New("upload ended"))
 	if err != nil {
 		var le *limitError

@@ -6,13 +6,17 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -239,11 +243,13 @@ func storeRaw(t *testing.T, c *broker.Client, id string, data []byte) *events.Ob
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, err := broker.PutObject(t.Context(), store, id, "", bytes.NewReader(data))
-	if err != nil {
+	// The client library's own Put: another NATS client's object reads
+	// the same as Flinger's.
+	if _, err := store.Put(t.Context(), jetstream.ObjectMeta{Name: id}, bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
-	return ref
+	sum := sha256.Sum256(data)
+	return &events.ObjectRef{Name: id, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}
 }
 
 // TestAttachmentsRefused: every bad archive or attachment is a clear job
@@ -402,4 +408,132 @@ func mustStore(t *testing.T, c *broker.Client) jetstream.ObjectStore {
 		t.Fatal(err)
 	}
 	return store
+}
+
+// TestSerialCapture points a device's serial_host/serial_port at a console
+// server the test runs, which prints during provisioning, drops the
+// connection, refuses a while, and prints again during the test phase: the
+// job's serial logs hold both sides, per phase and whole, with the drop and
+// the reconnect marked and the job's secret masked.
+func TestSerialCapture(t *testing.T) {
+	t.Parallel()
+	const secret = "serial-Secret-55aa"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conns := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns <- c
+		}
+	}()
+	secrets := filepath.Join(t.TempDir(), "secrets.yaml")
+	if err := os.WriteFile(secrets, []byte("lab/s: "+secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	host, err := drivers.ParseHost(fmt.Appendf(nil, `host: serial-host
+secrets_file: %s
+devices:
+  - agent_name: ser-1
+    provision_type: fake_connector
+    device_ip: 127.0.0.1
+    serial_host: 127.0.0.1
+    serial_port: %d
+    job_queues: [serq]
+`, secrets, port), "serial-host.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := startLab(t, host, workers.Config{})
+	c := connect(t, l, "serial-test")
+	marker := filepath.Join(t.TempDir(), "test-may-end")
+	id := submit(t, c, fmt.Sprintf(`job_queue: serq
+provision_data: {delay: 2s}
+test_data:
+  secrets: {S: lab/s}
+  test_cmds: |
+    while [ ! -e %s ]; do sleep 0.1; done
+`, marker))
+
+	// The capture connects when provisioning starts.
+	var first net.Conn
+	select {
+	case first = <-conns:
+	case <-time.After(waitLong):
+		t.Fatal("the serial console was never connected")
+	}
+	fmt.Fprintf(first, "provision line one\r\nsecret on the console: %s\r\n", secret)
+	eventually(t, "provision serial chunk", func() bool {
+		ch, _ := client.StreamSoFar(t.Context(), c, id, events.PhaseProvision, client.StreamSerial)
+		return len(ch) > 0
+	})
+	_ = first.Close() // the console server drops the line
+	var second net.Conn
+	select {
+	case second = <-conns:
+	case <-time.After(waitLong):
+		t.Fatal("the serial console was not reconnected")
+	}
+	defer second.Close()
+	waitEvent(t, c, id, events.PhaseStart(events.PhaseTest))
+	fmt.Fprintf(second, "test line two\r\n")
+	eventually(t, "test serial chunk", func() bool {
+		ch, _ := client.StreamSoFar(t.Context(), c, id, events.PhaseTest, client.StreamSerial)
+		return len(ch) > 0
+	})
+	if err := os.WriteFile(marker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rec := waitEnd(t, c, id)
+	if rec.Outcome != events.OutcomePass {
+		t.Fatalf("outcome %s (%s)", rec.Outcome, rec.EndReason)
+	}
+
+	phaseLog := func(p events.Phase) string {
+		var b strings.Builder
+		chunks, err := client.StreamSoFar(t.Context(), c, id, p, client.StreamSerial)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ch := range chunks {
+			b.Write(ch.Data)
+		}
+		return b.String()
+	}
+	prov, test := phaseLog(events.PhaseProvision), phaseLog(events.PhaseTest)
+	if !strings.Contains(prov, "provision line one") || strings.Contains(prov, "test line two") {
+		t.Errorf("provision's serial log:\n%s", prov)
+	}
+	if !strings.Contains(test, "test line two") || strings.Contains(test, "provision line one") {
+		t.Errorf("test's serial log:\n%s", test)
+	}
+	dest := t.TempDir()
+	if _, _, err := client.DownloadArtifacts(t.Context(), c, id, dest, 0); err != nil {
+		t.Fatal(err)
+	}
+	whole, err := os.ReadFile(filepath.Join(dest, "serial-console.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := string(whole)
+	for _, want := range []string{"provision line one", "secret on the console: ****", "lost", "test line two"} {
+		if !strings.Contains(w, want) {
+			t.Errorf("serial-console.log lacks %q:\n%s", want, w)
+		}
+	}
+	if n := strings.Count(w, "connected"); n < 2 {
+		t.Errorf("serial-console.log marks %d connections, want 2:\n%s", n, w)
+	}
+	for what, s := range map[string]string{"whole log": w, "provision log": prov, "test log": test} {
+		if strings.Contains(s, secret) {
+			t.Errorf("the secret appears in the serial %s", what)
+		}
+	}
 }

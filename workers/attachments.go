@@ -110,11 +110,6 @@ func (r *jobRun) storeArtifacts() *events.ObjectRef {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), artifactTimeout)
 	defer cancel()
-	store, err := r.d.w.c.Artifacts(ctx)
-	if err != nil {
-		r.artifactsFailed(err)
-		return nil
-	}
 	pr, pw := io.Pipe()
 	var stats archive.Stats
 	go func() {
@@ -123,7 +118,7 @@ func (r *jobRun) storeArtifacts() *events.ObjectRef {
 		pw.CloseWithError(err)
 	}()
 	start := time.Now()
-	ref, err := broker.PutObject(ctx, store, r.job.JobID, "artifacts of job "+r.job.JobID, pr)
+	ref, err := r.d.w.c.PutObject(ctx, r.d.w.c.Subj.ArtifactBucket(), r.job.JobID, "artifacts of job "+r.job.JobID, pr)
 	_ = pr.CloseWithError(errors.New("upload ended"))
 	if err != nil {
 		r.artifactsFailed(err)
