@@ -8,8 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -188,10 +188,12 @@ func StatObject(ctx context.Context, store jetstream.ObjectStore, name string) (
 	return info, nil
 }
 
-// OpenObject opens the object ref names for reading. The reader checks
-// the bytes against ref's size and SHA-256 as they stream and returns an
-// error wrapping ErrChecksum instead of io.EOF when they differ; a
-// missing object is ErrNoObject.
+// OpenObject opens the object ref names for reading. The object's
+// recorded digest and size must be ref's, which is checked before a byte
+// is read; the bytes are checked against that digest as they stream (the
+// client library hashes them), and the reader returns an error wrapping
+// ErrChecksum instead of io.EOF when they differ. A missing object is
+// ErrNoObject.
 func OpenObject(ctx context.Context, store jetstream.ObjectStore, ref *events.ObjectRef) (io.ReadCloser, error) {
 	res, err := store.Get(ctx, ref.Name)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
@@ -200,14 +202,114 @@ func OpenObject(ctx context.Context, store jetstream.ObjectStore, ref *events.Ob
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref.Name, err)
 	}
-	return &checkedReader{res: res, ref: ref, h: sha256.New()}, nil
+	info, err := res.Info()
+	if err != nil {
+		_ = res.Close()
+		return nil, fmt.Errorf("%s: %w", ref.Name, err)
+	}
+	sum, err := ObjectSHA256(info)
+	switch {
+	case err != nil:
+		_ = res.Close()
+		return nil, fmt.Errorf("%s: %w: %v", ref.Name, ErrChecksum, err)
+	case sum != ref.SHA256:
+		_ = res.Close()
+		return nil, fmt.Errorf("%s: %w: the stored object has sha256 %s, recorded %s", ref.Name, ErrChecksum, sum, ref.SHA256)
+	case int64(info.Size) != ref.Size:
+		_ = res.Close()
+		return nil, fmt.Errorf("%s: %w: the stored object has %d bytes, recorded %d", ref.Name, ErrChecksum, info.Size, ref.Size)
+	}
+	return newReadAhead(&checkedReader{res: res, ref: ref}, readAheadChunks), nil
 }
 
-// checkedReader verifies an object's size and SHA-256 at its end.
+// readAheadChunks is how many chunks an object reader fetches ahead of
+// its consumer: the fetch (and its hashing) runs beside the consumer's
+// decompression and disk writes instead of taking turns with them.
+const readAheadChunks = 16
+
+// readAhead reads its source in a goroutine of its own, up to n buffers
+// ahead of its reader.
+type readAhead struct {
+	src  io.ReadCloser
+	ch   chan []byte
+	free chan []byte
+	done chan struct{}
+	once sync.Once
+	err  error  // set before ch is closed
+	cur  []byte // what is left of the buffer being read
+	buf  []byte // that buffer, whole
+}
+
+func newReadAhead(src io.ReadCloser, n int) *readAhead {
+	ra := &readAhead{src: src, ch: make(chan []byte, n), free: make(chan []byte, n+2), done: make(chan struct{})}
+	for range n + 2 {
+		ra.free <- make([]byte, ObjectChunk)
+	}
+	go ra.fill()
+	return ra
+}
+
+func (ra *readAhead) fill() {
+	defer close(ra.ch)
+	for {
+		var buf []byte
+		select {
+		case buf = <-ra.free:
+		case <-ra.done:
+			return
+		}
+		n, err := io.ReadFull(ra.src, buf)
+		if n > 0 {
+			select {
+			case ra.ch <- buf[:n]:
+			case <-ra.done:
+				return
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				err = io.EOF
+			}
+			ra.err = err
+			return
+		}
+	}
+}
+
+func (ra *readAhead) Read(p []byte) (int, error) {
+	for len(ra.cur) == 0 {
+		buf, ok := <-ra.ch
+		if !ok {
+			return 0, ra.err
+		}
+		ra.cur, ra.buf = buf, buf
+	}
+	n := copy(p, ra.cur)
+	ra.cur = ra.cur[n:]
+	if len(ra.cur) == 0 {
+		ra.free <- ra.buf[:cap(ra.buf)]
+		ra.cur, ra.buf = nil, nil
+	}
+	return n, nil
+}
+
+// Close stops the read-ahead and closes the source.
+func (ra *readAhead) Close() error {
+	var err error
+	ra.once.Do(func() {
+		close(ra.done)
+		err = ra.src.Close() // ends a read in progress
+		for range ra.ch {    // and lets fill end
+		}
+	})
+	return err
+}
+
+// checkedReader passes an object's bytes on, turning a digest mismatch
+// or a wrong length into ErrChecksum.
 type checkedReader struct {
 	res jetstream.ObjectResult
 	ref *events.ObjectRef
-	h   hash.Hash
 	n   int64
 	err error
 }
@@ -217,33 +319,20 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 		return 0, r.err
 	}
 	n, err := r.res.Read(p)
-	r.h.Write(p[:n])
 	r.n += int64(n)
-	if r.n > r.ref.Size {
-		r.err = fmt.Errorf("%s: %w: more than the %d bytes recorded", r.ref.Name, ErrChecksum, r.ref.Size)
-		return n, r.err
-	}
 	switch {
+	case r.n > r.ref.Size:
+		r.err = fmt.Errorf("%s: %w: more than the %d bytes recorded", r.ref.Name, ErrChecksum, r.ref.Size)
 	case errors.Is(err, jetstream.ErrDigestMismatch):
 		r.err = fmt.Errorf("%s: %w: %v", r.ref.Name, ErrChecksum, err)
+	case errors.Is(err, io.EOF) && r.n != r.ref.Size:
+		r.err = fmt.Errorf("%s: %w: %d bytes read, %d recorded", r.ref.Name, ErrChecksum, r.n, r.ref.Size)
 	case errors.Is(err, io.EOF):
-		sum := hex.EncodeToString(r.h.Sum(nil))
-		switch {
-		case r.n != r.ref.Size:
-			r.err = fmt.Errorf("%s: %w: %d bytes read, %d recorded", r.ref.Name, ErrChecksum, r.n, r.ref.Size)
-		case sum != r.ref.SHA256:
-			r.err = fmt.Errorf("%s: %w: sha256 %s, recorded %s", r.ref.Name, ErrChecksum, sum, r.ref.SHA256)
-		default:
-			r.err = io.EOF
-		}
+		r.err = io.EOF
 	case err != nil:
 		r.err = fmt.Errorf("%s: %w", r.ref.Name, err)
 	}
-	if r.err != nil {
-		return n, r.err
-	}
-	return n, nil
+	return n, r.err
 }
 
 func (r *checkedReader) Close() error { return r.res.Close() }
-

@@ -141,6 +141,8 @@ func (s *JobStatus) Explain() string {
 		return fmt.Sprintf("ended (%s): %s", rec.Outcome, rec.EndReason)
 	case rec.State != events.JobWaiting:
 		return fmt.Sprintf("running on %s (attempt %d), phase %s", rec.Device, rec.Attempt, rec.State)
+	case rec.AttachmentsStatus == events.AttachmentsWaiting:
+		return "waiting for its attachments: the submitter has not finished sending them"
 	case len(s.Serving) == 0:
 		return fmt.Sprintf("waiting: no device serves queue %s", rec.Job.JobQueue)
 	}

@@ -323,6 +323,42 @@ func TestAttachmentsRefused(t *testing.T) {
 		deviceFailure(t, []byte("this is not a tar.gz archive at all, just bytes"), "attachments")
 	})
 
+	t.Run("bytes changed in the store", func(t *testing.T) {
+		// The archive's chunks are rewritten under its recorded digest,
+		// as a damaged disk or a meddler could: the worker's read fails
+		// the digest check, naming it, and the test never runs.
+		id := submitRaw(t)
+		archive := tarGz(t, []tar.Header{{Name: "test/run.sh", Typeflag: tar.TypeReg}}, ok)
+		ref := storeRaw(t, c, id, archive)
+		info, err := mustStore(t, c).GetInfo(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := c.JS.Stream(t.Context(), "OBJ_"+c.Subj.AttachmentBucket())
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunks := "$O." + c.Subj.AttachmentBucket() + ".C." + info.NUID
+		if err := st.Purge(t.Context(), jetstream.WithPurgeSubject(chunks)); err != nil {
+			t.Fatal(err)
+		}
+		damaged := bytes.Clone(archive)
+		damaged[len(damaged)/2] ^= 0xff
+		if _, err := c.JS.Publish(t.Context(), chunks, damaged); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.Control(t.Context(), c, "attachments", &events.CtlRequest{JobID: id, Object: ref}); err != nil {
+			t.Fatalf("attachments: %v", err)
+		}
+		rec := waitEnd(t, c, id)
+		out := output(t, c, id)
+		if rec.EndReason != events.PhaseFail(events.PhaseSetup) || (!strings.Contains(out, "checksum mismatch") && !strings.Contains(out, "corrupt")) {
+			t.Errorf("damaged archive: %s (%s), output:\n%s", rec.Outcome, rec.EndReason, tail(out, 2000))
+		}
+		if strings.Contains(out, "RAN-ON-DEVICE") {
+			t.Error("the test ran despite the damaged archive")
+		}
+	})
 	t.Run("checksum mismatch", func(t *testing.T) {
 		id := submitRaw(t)
 		ref := storeRaw(t, c, id, tarGz(t, []tar.Header{{Name: "test/run.sh", Typeflag: tar.TypeReg}}, ok))

@@ -132,4 +132,3 @@ func printResults(w io.Writer, rec *events.JobRecord) {
 		fmt.Fprintln(w, "artifacts: none")
 	}
 }
-

@@ -108,3 +108,45 @@ test_data:
 		t.Errorf("unknown job: exit %d\n%s", code, out)
 	}
 }
+
+// TestArtifactsOfCancelledJob: a job cancelled in its test phase still
+// stores what it left in artifacts/.
+func TestArtifactsOfCancelledJob(t *testing.T) {
+	l := startTestLab(t)
+	id := submitJob(t, l, "job_queue: q\ntest_data:\n  test_cmds: |\n    mkdir -p artifacts\n    echo partial > artifacts/partial.txt\n    echo ready\n    sleep 600\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		chunks, _ := client.LogsSoFar(ctx, l.Client, id, events.PhaseTest)
+		var out strings.Builder
+		for _, ch := range chunks {
+			out.Write(ch.Data)
+		}
+		if strings.Contains(out.String(), "ready") {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the test never got ready")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if _, err := client.Cancel(ctx, l.Client, id, "enough"); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := client.Follow(ctx, l.Client, id, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Outcome != events.OutcomeCancelled {
+		t.Fatalf("outcome %s, want cancelled", rec.Outcome)
+	}
+	dest := t.TempDir()
+	code, out := runFlinger(t, "results", id, "--artifacts", dest, "--nats", l.URL)
+	if code != 0 {
+		t.Fatalf("results: exit %d\n%s", code, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(dest, "partial.txt")); err != nil || string(b) != "partial\n" {
+		t.Errorf("partial.txt of the cancelled job: %q (%v)", b, err)
+	}
+}
