@@ -156,7 +156,9 @@ func (c *Capture) Addr() string { return c.addr }
 
 func (c *Capture) notice(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	c.log.Info(msg)
+	// The notice goes into the job's log; the worker's log keeps it at
+	// debug level, since every job on a device with a console has them.
+	c.log.Debug(msg)
 	if c.opts.Notice != nil {
 		c.opts.Notice(msg)
 	}

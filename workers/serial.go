@@ -64,7 +64,7 @@ func (r *jobRun) startSerial(p events.Phase) {
 		w = s.masked
 	}
 	s.cap = console.Start(context.Background(), addr, w, console.Options{
-		Log: r.log.With("serial", addr),
+		Log: r.log,
 		Notice: func(msg string) {
 			s.mu.Lock()
 			defer s.mu.Unlock()
