@@ -138,15 +138,14 @@ func SubmitJob(ctx context.Context, c *broker.Client, job *PackedJob, progress f
 	if _, err := UploadAttachments(ctx, c, reply.JobID, job.Sources, reply.AttachmentLimit, progress); err != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ReplyTimeout)
 		defer cancel()
-		if _, cerr := Cancel(cctx, c, reply.JobID, "attachments not sent"); cerr != nil && !errors.Is(cerr, errAlreadyEnded) && !strings.Contains(cerr.Error(), "already ended") {
+		// The orchestrator may have ended it already (an archive it refused).
+		if _, cerr := Cancel(cctx, c, reply.JobID, "attachments not sent"); cerr != nil && !strings.Contains(cerr.Error(), "already ended") {
 			return reply, fmt.Errorf("job %s: %w (and it could not be cancelled: %v)", reply.JobID, err, cerr)
 		}
 		return reply, fmt.Errorf("job %s submitted and cancelled: %w", reply.JobID, err)
 	}
 	return reply, nil
 }
-
-var errAlreadyEnded = errors.New("job has already ended")
 
 // UploadAttachments packs srcs into a tar.gz, streams it into the lab's
 // attachments bucket under the job's id (stopping once it passes limit
