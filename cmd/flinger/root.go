@@ -67,7 +67,7 @@ Submit and follow a job: flinger submit job.yaml --follow`,
 
 	root.AddCommand(
 		newLabCmd(g), newWorkerCmd(g), newOrchestratorCmd(g),
-		newSubmitCmd(g), newStatusCmd(g), newCancelCmd(g), newReserveCmd(g), newLogsCmd(g), newResultsCmd(g), newSecretCmd(g), newWatchCmd(g), newEventsCmd(g), newDevicesCmd(g), newDeviceCmd(g), newValidateCmd(), newConnectorCmd(), newSimCmd(),
+		newSubmitCmd(g), newStatusCmd(g), newCancelCmd(g), newReserveCmd(g), newLogsCmd(g), newResultsCmd(g), newSecretCmd(g), newAuthCmd(g), newWatchCmd(g), newEventsCmd(g), newDevicesCmd(g), newDeviceCmd(g), newValidateCmd(), newConnectorCmd(), newSimCmd(),
 	)
 	return root
 }
