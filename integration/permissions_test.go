@@ -293,4 +293,3 @@ func TestPermissions(t *testing.T) {
 		}
 	}
 }
-
