@@ -293,3 +293,149 @@ func TestPermissions(t *testing.T) {
 		}
 	}
 }
+
+// TestTLS runs a server that requires TLS with a client certificate from
+// the lab's CA (`flinger auth --tls`) and the lab's users: a client with
+// its certificate and password gets in and runs a job; one without a
+// certificate, with a certificate from another CA, or trusting another
+// CA for the server, is refused.
+func TestTLS(t *testing.T) {
+	t.Parallel()
+	host := hostFile(t, "tls-host", "tls-1:tq")
+	users, err := access.LabUsers([]*drivers.HostConfig{host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj, _ := events.NewSubjects("")
+	auth, err := access.Config(users, access.Options{Subjects: subj, MaxPriority: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tlsDir := filepath.Join(dir, "tls")
+	names := make([]string, len(users))
+	for i, u := range users {
+		names[i] = u.Name
+	}
+	if err := access.WriteLabTLS(tlsDir, []string{"localhost", "127.0.0.1"}, names); err != nil {
+		t.Fatal(err)
+	}
+	// Another CA's certificate for the same user name.
+	rogue := filepath.Join(dir, "rogue")
+	if err := access.WriteLabTLS(rogue, []string{"127.0.0.1"}, []string{"submitter"}); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{
+		"auth.conf":   auth,
+		"tls.conf":    access.TLSConfig(tlsDir),
+		"server.conf": "listen: 127.0.0.1:-1\njetstream { store_dir: " + quoteConf(filepath.Join(dir, "js")) + " }\ninclude auth.conf\ninclude tls.conf\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts, err := server.ProcessConfigFile(filepath.Join(dir, "server.conf"))
+	if err != nil {
+		t.Fatalf("TLS configuration does not load: %v", err)
+	}
+	opts.NoSigs, opts.NoLog = true, true
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	t.Cleanup(srv.Shutdown)
+	url := srv.ClientURL()
+	byName := map[string]access.User{}
+	for _, u := range users {
+		byName[u.Name] = u
+	}
+	conn := func(user, certDir, caDir string) broker.ConnOptions {
+		u := byName[user]
+		o := broker.ConnOptions{URL: url, Name: user, User: u.Name, Password: u.Password, Log: testLog(t), TLSCA: filepath.Join(caDir, "ca.pem")}
+		if certDir != "" {
+			o.TLSCert, o.TLSKey = filepath.Join(certDir, user+".pem"), filepath.Join(certDir, user+"-key.pem")
+		}
+		return o
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+
+	// The lab runs over TLS.
+	orchC, err := broker.SetupAndConnect(ctx, conn("orchestrator", tlsDir, tlsDir), events.StoreOptions{})
+	if err != nil {
+		t.Fatalf("orchestrator over TLS: %v", err)
+	}
+	t.Cleanup(orchC.Close)
+	orch, err := orchestrator.New(orchestrator.Config{Client: orchC, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := orch.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(orch.Stop)
+	wc, err := broker.Connect(ctx, conn("worker-tls-host", tlsDir, tlsDir))
+	if err != nil {
+		t.Fatalf("worker over TLS: %v", err)
+	}
+	t.Cleanup(wc.Close)
+	w, err := workers.New(workers.Config{Client: wc, Host: host, RunDir: t.TempDir(), Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	t.Cleanup(func() { wcancel(); <-done })
+	sub, err := broker.Connect(ctx, conn("submitter", tlsDir, tlsDir))
+	if err != nil {
+		t.Fatalf("submitter over TLS: %v", err)
+	}
+	t.Cleanup(sub.Close)
+	id := submit(t, sub, "job_queue: tq\ntest_data: {test_cmds: 'echo over tls'}\n")
+	if rec := waitEnd(t, sub, id); rec.Outcome != events.OutcomePass {
+		t.Errorf("job over TLS: %s", rec.Outcome)
+	}
+
+	// Refused at connect, for the reason named.
+	pw := byName["submitter"].Password
+	cert := func(d string) nats.Option {
+		return nats.ClientCert(filepath.Join(d, "submitter.pem"), filepath.Join(d, "submitter-key.pem"))
+	}
+	refused := []struct {
+		name string
+		opts []nats.Option
+		want []string // any of these in the error
+	}{
+		{"no client certificate", []nats.Option{nats.RootCAs(filepath.Join(tlsDir, "ca.pem")), nats.UserInfo("submitter", pw)},
+			[]string{"certificate required"}},
+		{"certificate from another CA", []nats.Option{nats.RootCAs(filepath.Join(tlsDir, "ca.pem")), cert(rogue), nats.UserInfo("submitter", pw)},
+			[]string{"unknown certificate authority"}},
+		{"server checked against another CA", []nats.Option{nats.RootCAs(filepath.Join(rogue, "ca.pem")), cert(tlsDir), nats.UserInfo("submitter", pw)},
+			[]string{"certificate signed by unknown authority"}},
+		{"right certificate, no password", []nats.Option{nats.RootCAs(filepath.Join(tlsDir, "ca.pem")), cert(tlsDir)},
+			[]string{"Authorization Violation"}},
+		{"no TLS", []nats.Option{nats.UserInfo("submitter", pw)},
+			[]string{"tls"}},
+	}
+	for _, tc := range refused {
+		t.Run(tc.name, func(t *testing.T) {
+			nc, err := nats.Connect(url, append(tc.opts, nats.Timeout(5*time.Second))...)
+			if err == nil {
+				nc.Close()
+				t.Fatalf("%s: connected", tc.name)
+			}
+			t.Logf("refused: %v", err)
+			for _, w := range tc.want {
+				if strings.Contains(err.Error(), w) {
+					return
+				}
+			}
+			t.Errorf("%s: %v, want an error saying one of %q", tc.name, err, tc.want)
+		})
+	}
+}

@@ -17,6 +17,7 @@ func newAuthCmd(g *globals) *cobra.Command {
 		hosts       []string
 		out         string
 		maxPriority int
+		tlsNames    []string
 	)
 	cmd := &cobra.Command{
 		Use:   "auth --host HOST.yaml... --out DIR",
@@ -33,6 +34,13 @@ FLINGER_NATS_USER and FLINGER_NATS_PASSWORD each process is started with
   submitter           submits, cancels and extends jobs, sends attachments,
                       reads jobs, events, logs and artifacts
   observer            reads events, logs, jobs and devices; publishes nothing
+
+With --tls NAMES it also writes a new CA and certificates to DIR/tls:
+ca.pem, server.pem and server-key.pem for the servers (valid for NAMES:
+host names or addresses), <user>.pem and <user>-key.pem for each user,
+and DIR/tls.conf, which makes the servers require a client certificate
+signed by that CA (include tls.conf). Start each process with --tls-ca,
+--tls-cert and --tls-key.
 
 A worker may take jobs of job_priority up to --max-priority: each level
 is a consumer of its own, named in its permissions. Run it again when a
@@ -79,6 +87,24 @@ host file's devices or queues change, and reload the servers.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "%-24s %s\n", u.Name, filepath.Join(out, u.Name+".env"))
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%-24s %s\n", "(servers)", filepath.Join(out, "auth.conf"))
+			if len(tlsNames) == 0 {
+				return nil
+			}
+			names := make([]string, len(users))
+			for i, u := range users {
+				names[i] = u.Name
+			}
+			tlsDir, err := filepath.Abs(filepath.Join(out, "tls"))
+			if err != nil {
+				return err
+			}
+			if err := access.WriteLabTLS(tlsDir, tlsNames, names); err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(out, "tls.conf"), []byte(access.TLSConfig(tlsDir)), 0o600); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%-24s %s\n", "(servers, TLS)", filepath.Join(out, "tls.conf"))
 			return nil
 		},
 	}
@@ -86,5 +112,6 @@ host file's devices or queues change, and reload the servers.`,
 	f.StringArrayVar(&hosts, "host", nil, "a lab host's host file (repeat for each host)")
 	f.StringVar(&out, "out", "", "directory to write auth.conf and the users' .env files to")
 	f.IntVar(&maxPriority, "max-priority", access.DefaultMaxPriority, "highest job_priority workers take jobs of")
+	f.StringSliceVar(&tlsNames, "tls", nil, "also write a CA and certificates, the servers' valid for these names (host names or addresses, comma-separated)")
 	return cmd
 }
