@@ -48,6 +48,22 @@ func TestAuthCommand(t *testing.T) {
 			t.Errorf("worker may not take priority 2 jobs of its queue: %v", u.Permissions.Publish.Allow)
 		}
 	}
+	// With --tls: a CA, certificates, and a tls.conf the server loads.
+	code, text = runFlinger(t, "auth", "--host", host, "--out", out, "--tls", "localhost,127.0.0.1")
+	if code != 0 {
+		t.Fatalf("--tls: exit %d\n%s", code, text)
+	}
+	for _, f := range []string{"tls/ca.pem", "tls/server.pem", "tls/server-key.pem", "tls/worker-lab-a.pem", "tls/worker-lab-a-key.pem"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Errorf("--tls: %s: %v", f, err)
+		}
+	}
+	if err := os.WriteFile(conf, []byte("include auth/auth.conf\ninclude auth/tls.conf\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if opts, err := server.ProcessConfigFile(conf); err != nil || opts.TLSConfig == nil || !opts.TLSVerify {
+		t.Errorf("tls.conf: %v (verify %v)", err, opts != nil && opts.TLSVerify)
+	}
 	code, text = runFlinger(t, "auth", "--out", out)
 	if code == 0 || !strings.Contains(text, "--host") {
 		t.Errorf("without hosts: exit %d\n%s", code, text)
