@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,8 +62,8 @@ func TestAuthCommand(t *testing.T) {
 	if err := os.WriteFile(conf, []byte("include auth/auth.conf\ninclude auth/tls.conf\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if opts, err := server.ProcessConfigFile(conf); err != nil || opts.TLSConfig == nil || !opts.TLSVerify {
-		t.Errorf("tls.conf: %v (verify %v)", err, opts != nil && opts.TLSVerify)
+	if opts, err := server.ProcessConfigFile(conf); err != nil || opts.TLSConfig == nil || opts.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert {
+		t.Errorf("tls.conf: %v; want client certificates required and verified", err)
 	}
 	code, text = runFlinger(t, "auth", "--out", out)
 	if code == 0 || !strings.Contains(text, "--host") {
