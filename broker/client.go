@@ -32,6 +32,10 @@ type ConnOptions struct {
 	TLSCA, TLSCert, TLSKey string
 	// Prefix is the subject prefix ("" for events.DefaultPrefix).
 	Prefix string
+	// Domain is the JetStream domain of the lab's servers, for a client
+	// of a leaf node whose own server has no JetStream (a remote lab
+	// site): its JetStream requests go to $JS.<domain>.API.
+	Domain string
 	// Log receives connection notices (nil: slog.Default()).
 	Log *slog.Logger
 }
@@ -49,9 +53,11 @@ type Client struct {
 	// Devices is the device-status bucket.
 	Devices jetstream.KeyValue
 
-	log   *slog.Logger
-	objMu sync.Mutex
-	objs  map[string]jetstream.ObjectStore
+	log    *slog.Logger
+	domain string
+	out    *outbox // events and log chunks, in order, until stored
+	objMu  sync.Mutex
+	objs   map[string]jetstream.ObjectStore
 }
 
 // Connect dials NATS and binds to Flinger's streams and buckets, which must
@@ -138,14 +144,28 @@ func dial(ctx context.Context, o ConnOptions) (*Client, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+	js, err := newJetStream(nc, o.Domain, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
 		log.Error("publish failed", "subject", m.Subject, "err", err)
-	}), jetstream.WithPublishAsyncMaxPending(4096))
+	}), jetstream.WithPublishAsyncMaxPending(4096),
+		// An acknowledgement lost with a link (a leaf node cut off from
+		// its hub) fails the publish instead of leaving it pending: the
+		// outbox sends it again.
+		jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	return &Client{NC: nc, JS: js, Subj: subj, log: log}, nil
+	c := &Client{NC: nc, JS: js, Subj: subj, log: log, domain: o.Domain}
+	c.out = newOutbox(c)
+	return c, nil
+}
+
+// newJetStream is a JetStream context in domain ("": the server's own).
+func newJetStream(nc *nats.Conn, domain string, opts ...jetstream.JetStreamOpt) (jetstream.JetStream, error) {
+	if domain != "" {
+		return jetstream.NewWithDomain(nc, domain, opts...)
+	}
+	return jetstream.New(nc, opts...)
 }
 
 func (c *Client) bind(ctx context.Context) error {
@@ -201,6 +221,16 @@ func SetupAndConnect(ctx context.Context, o ConnOptions, so events.StoreOptions)
 func (c *Client) Close() {
 	if c == nil || c.NC == nil {
 		return
+	}
+	if c.out != nil {
+		if c.NC.IsConnected() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := c.out.flush(ctx); err != nil {
+				c.log.Warn("closing with events or logs not stored", "err", err)
+			}
+			cancel()
+		}
+		c.out.close()
 	}
 	_ = c.NC.Drain()
 	deadline := time.Now().Add(5 * time.Second)

@@ -80,7 +80,7 @@ func (c *Client) PutObject(ctx context.Context, bucket, name, description string
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, fmt.Errorf("store %s: %w", name, err)
 	}
-	js, err := jetstream.New(c.NC, jetstream.WithPublishAsyncMaxPending(putWindow))
+	js, err := newJetStream(c.NC, c.domain, jetstream.WithPublishAsyncMaxPending(putWindow))
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", name, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -66,6 +67,9 @@ func (c *Client) UpdateJob(ctx context.Context, id string, fn func(*events.JobRe
 	for attempt := 0; ; attempt++ {
 		rec, rev, err := c.GetJob(ctx, id)
 		if err != nil {
+			if noLeader(err) && waitLeader(ctx) {
+				continue
+			}
 			return nil, 0, err
 		}
 		if err := fn(rec); err != nil {
@@ -79,6 +83,9 @@ func (c *Client) UpdateJob(ctx context.Context, id string, fn func(*events.JobRe
 		nrev, err := c.Jobs.Update(ctx, events.Key(id), data, rev)
 		if err == nil {
 			return rec, nrev, nil
+		}
+		if noLeader(err) && waitLeader(ctx) {
+			continue
 		}
 		if !isWrongSequence(err) || attempt >= 100 {
 			return nil, 0, fmt.Errorf("update job %s: %w", id, err)
@@ -113,11 +120,29 @@ func (c *Client) UpdateJobFrom(ctx context.Context, id string, known *events.Job
 		if err == nil {
 			return &rec, nrev, nil
 		}
-		if !isWrongSequence(err) {
+		if !isWrongSequence(err) && !noLeader(err) {
 			return nil, 0, fmt.Errorf("update job %s: %w", id, err)
 		}
 	}
 	return c.UpdateJob(ctx, id, fn)
+}
+
+// noLeader reports an error that says no stream leader answered: a NATS
+// node went away and its streams are electing new leaders, and nothing was
+// stored, so the write may be tried again.
+func noLeader(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// waitLeader waits a little before a write is tried again while a stream
+// has no leader; false when ctx ends first.
+func waitLeader(ctx context.Context) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(250 * time.Millisecond):
+		return true
+	}
 }
 
 func isWrongSequence(err error) bool {
@@ -280,22 +305,31 @@ func (c *Client) PublishEvent(ev *events.Event) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.JS.PublishMsgAsync(m); err != nil {
-		return fmt.Errorf("publish event %s: %w", ev.Name, err)
-	}
+	c.out.publish(m)
 	return nil
 }
 
-// PublishEventSync publishes an event and waits until the stream has stored it.
+// PublishEventSync publishes an event and waits until the stream has
+// stored it. When ctx ends first the event stays queued: it is stored
+// later, in order, and the error says so.
 func (c *Client) PublishEventSync(ctx context.Context, ev *events.Event) error {
 	m, err := c.eventMsg(ev)
 	if err != nil {
 		return err
 	}
-	if _, err := c.JS.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("publish event %s: %w", ev.Name, err)
+	select {
+	case <-c.out.publish(m):
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("publish event %s: %w (%v)", ev.Name, errNotStored, ctx.Err())
 	}
-	return nil
+}
+
+// PublishLog publishes a log chunk (or any message with a de-duplication
+// id to a stream) in order with the client's events, keeping it until the
+// stream has stored it.
+func (c *Client) PublishLog(m *nats.Msg) {
+	c.out.publish(m)
 }
 
 func (c *Client) eventMsg(ev *events.Event) (*nats.Msg, error) {

@@ -131,7 +131,7 @@ func (o *phaseOutput) flushLocked() {
 			// The attempt is part of the id: a requeued job's next
 			// device numbers its chunks from 1 again.
 			msg.Header.Set(events.HeaderMsgID, fmt.Sprintf("%s.%s.%s.%d.%d", o.jobID, o.phase, o.stream, o.attempt, o.seq))
-			_, err = o.c.JS.PublishMsgAsync(msg)
+			o.c.PublishLog(msg)
 		}
 		if err != nil {
 			o.c.Log().Warn("log chunk not sent", "job", o.jobID, "phase", o.phase, "stream", o.stream, "seq", o.seq, "err", err)

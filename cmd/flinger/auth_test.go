@@ -79,3 +79,22 @@ func contains(l []string, s string) bool {
 	}
 	return false
 }
+
+// TestExampleHostFile: the real lab host's example host file loads, and
+// `flinger auth` makes its worker's user from it.
+func TestExampleHostFile(t *testing.T) {
+	out := t.TempDir()
+	code, text := runFlinger(t, "auth", "--host", "../../deploy/host.example.yaml", "--out", out)
+	if code != 0 || !strings.Contains(text, "worker-lab-host-3") {
+		t.Fatalf("exit %d\n%s", code, text)
+	}
+	conf, err := os.ReadFile(filepath.Join(out, "auth.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"$KV.FLINGER_DEVICES.rpi4b-001"`, `"$KV.FLINGER_DEVICES.server-042"`, "queue-rpi4b-001"} {
+		if !strings.Contains(string(conf), want) {
+			t.Errorf("auth.conf lacks %s", want)
+		}
+	}
+}

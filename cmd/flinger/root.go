@@ -59,6 +59,7 @@ Submit and follow a job: flinger submit job.yaml --follow`,
 	f.StringVar(&g.nats.TLSCA, "tls-ca", "", "PEM file of CAs to trust for the NATS server")
 	f.StringVar(&g.nats.TLSCert, "tls-cert", "", "client certificate (PEM) for NATS")
 	f.StringVar(&g.nats.TLSKey, "tls-key", "", "client certificate key (PEM) for NATS")
+	f.StringVar(&g.nats.Domain, "js-domain", os.Getenv("FLINGER_JS_DOMAIN"), "JetStream domain of the lab's servers, for a process on a leaf node without JetStream (a remote site) ($FLINGER_JS_DOMAIN)")
 	f.StringVar(&g.nats.Prefix, "prefix", envOr("FLINGER_PREFIX", "flinger"), "prefix of every subject, stream and bucket ($FLINGER_PREFIX)")
 	f.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
