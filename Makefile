@@ -7,7 +7,7 @@ GOBIN_DIR   := $(shell $(GO) env GOPATH)/bin
 PKGS        := ./...
 FUZZTIME    ?= 20s
 
-.PHONY: all build demo test test-deps test-short lint fmt vet staticcheck fuzz bench clean
+.PHONY: all build demo test test-deps test-short lint fmt vet staticcheck fuzz bench clean images
 
 all: build
 
@@ -58,6 +58,11 @@ fuzz:
 ## bench: the benchmark suite; writes bench/results.json and bench/report.md.
 bench: build test-deps
 	$(GO) run ./cmd/flinger-bench -flinger $(BIN)/flinger -out bench
+
+## images: static flinger and nats-server binaries in two images FROM scratch,
+## flinger:dev (with busybox as /bin/sh) and flinger-nats:dev (deploy/cluster).
+images:
+	GO=$(GO) deploy/images/build.sh
 
 clean:
 	rm -rf $(BIN)
