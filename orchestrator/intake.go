@@ -89,8 +89,9 @@ func (o *Orchestrator) handleSubmission(ctx context.Context, m jetstream.Msg) {
 		o.reject(ctx, m, replyTo, err)
 		return
 	}
-	if job.JobID == "" {
-		job.JobID = uuid.NewString()
+	derived := job.JobID == ""
+	if derived {
+		job.JobID = submissionJobID(m)
 	}
 	rec := &events.JobRecord{Job: *job, State: events.JobWaiting, SubmittedAt: time.Now().UTC()}
 	if job.HasAttachments() {
@@ -113,7 +114,14 @@ func (o *Orchestrator) handleSubmission(ctx context.Context, m jetstream.Msg) {
 		}
 		// The same submission delivered again after a crash between
 		// recording and routing: route it (the queue drops a second copy).
-		// Anything else reuses a job id: refuse it.
+		// One delivered again after it was routed (its ack lost in a
+		// failover) is answered with its job. Anything else reuses a job
+		// id: refuse it.
+		if derived && existing.State != events.JobWaiting && sameJob(&existing.Job, job) {
+			o.reply(replyTo, &events.SubmitReply{JobID: job.JobID, Queue: job.JobQueue})
+			_ = m.Ack()
+			return
+		}
 		if existing.State != events.JobWaiting || !sameJob(&existing.Job, job) {
 			o.reply(replyTo, &events.SubmitReply{JobID: job.JobID, Queue: existing.Job.JobQueue, Duplicate: true,
 				Error: fmt.Sprintf("job_id %s is already taken by a job in state %s", job.JobID, existing.State)})
@@ -151,6 +159,22 @@ func (o *Orchestrator) handleSubmission(ctx context.Context, m jetstream.Msg) {
 	}
 	o.reply(replyTo, &events.SubmitReply{JobID: job.JobID, Queue: job.JobQueue})
 	_ = m.Ack()
+}
+
+// submissionNamespace names the job ids derived from submissions.
+var submissionNamespace = uuid.MustParse("5b0c6a53-2f0e-4d1c-9a65-0d3a4f1e7c21")
+
+// submissionJobID is the id of the job a submission without job_id
+// creates: derived from where and when the submission was stored, so that
+// the submission delivered again (after an orchestrator or a NATS node
+// failed before its ack) makes the same job, not a second one.
+func submissionJobID(m jetstream.Msg) string {
+	md, err := m.Metadata()
+	if err != nil {
+		return uuid.NewString()
+	}
+	key := fmt.Sprintf("%s/%d/%d", md.Stream, md.Sequence.Stream, md.Timestamp.UnixNano())
+	return uuid.NewSHA1(submissionNamespace, []byte(key)).String()
 }
 
 func sameJob(a, b *events.Job) bool {
