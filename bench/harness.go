@@ -264,8 +264,22 @@ func rawRates(ctx context.Context, url string, n, size int) (pubPerSec, consPerS
 	payload := make([]byte, size)
 	start := time.Now()
 	for i := range n {
-		if _, err := js.PublishAsync(fmt.Sprintf("rawrate.%d", i%16), payload); err != nil {
-			return 0, 0, err
+		for {
+			_, err := js.PublishAsync(fmt.Sprintf("rawrate.%d", i%16), payload)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				return 0, 0, err
+			}
+			// The server is behind (a slow disk): let the acknowledgements
+			// catch up, as any publisher must.
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return 0, 0, ctx.Err()
+			}
 		}
 	}
 	select {

@@ -32,6 +32,10 @@ type ServerOptions struct {
 	Log *slog.Logger
 	// ReadyTimeout bounds start-up (default 10 s).
 	ReadyTimeout time.Duration
+	// SyncAlways makes JetStream write each message to disk before it
+	// acknowledges it (nats-server's sync_interval: always) instead of
+	// flushing every two minutes.
+	SyncAlways bool
 }
 
 // Embedded is an in-process nats-server with JetStream.
@@ -69,6 +73,7 @@ func StartEmbedded(opts ServerOptions) (*Embedded, error) {
 		MaxPayload:         8 << 20,
 		JetStreamMaxMemory: -1,
 		JetStreamMaxStore:  -1,
+		SyncAlways:         opts.SyncAlways,
 	}
 	if opts.Memory {
 		so.JetStreamMaxStore = 0
