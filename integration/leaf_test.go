@@ -85,10 +85,15 @@ func (p *linkProxy) restore() {
 	p.down = false
 }
 
-// startServer starts a nats-server from configuration text.
-func startServerConf(t *testing.T, conf string) *server.Server {
+// startServerConf starts a nats-server from configuration text, written
+// as server.conf in dir (a new directory when dir is ""), where its
+// includes are found.
+func startServerConf(t *testing.T, dir, conf string) *server.Server {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "server.conf")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	path := filepath.Join(dir, "server.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -117,9 +122,9 @@ func startServerConf(t *testing.T, conf string) *server.Server {
 func TestLeafLinkDrop(t *testing.T) {
 	t.Parallel()
 	leafPort := freePort(t)
-	hub := startServerConf(t, fmt.Sprintf("server_name: hub\nlisten: 127.0.0.1:-1\njetstream { store_dir: %q, domain: hub }\nleafnodes { listen: \"127.0.0.1:%d\" }\n", filepath.Join(t.TempDir(), "js"), leafPort))
+	hub := startServerConf(t, "", fmt.Sprintf("server_name: hub\nlisten: 127.0.0.1:-1\njetstream { store_dir: %q, domain: hub }\nleafnodes { listen: \"127.0.0.1:%d\" }\n", filepath.Join(t.TempDir(), "js"), leafPort))
 	link := newLinkProxy(t, fmt.Sprintf("127.0.0.1:%d", leafPort))
-	leaf := startServerConf(t, fmt.Sprintf("server_name: site-a\nlisten: 127.0.0.1:-1\nleafnodes { remotes = [ { url: %q } ] }\n", "nats-leaf://"+link.addr()))
+	leaf := startServerConf(t, "", fmt.Sprintf("server_name: site-a\nlisten: 127.0.0.1:-1\nleafnodes { remotes = [ { url: %q } ] }\n", "nats-leaf://"+link.addr()))
 	probe, err := nats.Connect(leaf.ClientURL())
 	if err != nil {
 		t.Fatal(err)

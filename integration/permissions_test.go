@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/flingerlab/flinger/access"
@@ -36,36 +35,23 @@ func securedServer(t *testing.T, hosts ...*drivers.HostConfig) (string, map[stri
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	path := filepath.Join(dir, "server.conf")
 	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	main := "listen: 127.0.0.1:-1\njetstream { store_dir: " + quoteConf(filepath.Join(dir, "js")) + " }\ninclude auth.conf\n"
-	if err := os.WriteFile(path, []byte(main), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	opts, err := server.ProcessConfigFile(path)
-	if err != nil {
-		t.Fatalf("the generated configuration does not load: %v\n%s", err, conf)
-	}
-	opts.NoSigs, opts.NoLog = true, true
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("secured server not ready")
-	}
-	t.Cleanup(srv.Shutdown)
-	byName := map[string]access.User{}
-	for _, u := range users {
-		byName[u.Name] = u
-	}
+	srv := startServerConf(t, dir, "listen: 127.0.0.1:-1\njetstream { store_dir: "+quoteConf(filepath.Join(dir, "js"))+" }\ninclude auth.conf\n")
+	byName := usersByName(users)
 	return srv.ClientURL(), byName
 }
 
 func quoteConf(s string) string { return `"` + s + `"` }
+
+func usersByName(users []access.User) map[string]access.User {
+	m := map[string]access.User{}
+	for _, u := range users {
+		m[u.Name] = u
+	}
+	return m
+}
 
 // connectAs connects to url as user u (setting up the streams when setup).
 func connectAs(t *testing.T, url string, u access.User, setup bool) *broker.Client {
@@ -325,34 +311,14 @@ func TestTLS(t *testing.T) {
 	if err := access.WriteLabTLS(rogue, []string{"127.0.0.1"}, []string{"submitter"}); err != nil {
 		t.Fatal(err)
 	}
-	for name, content := range map[string]string{
-		"auth.conf":   auth,
-		"tls.conf":    access.TLSConfig(tlsDir),
-		"server.conf": "listen: 127.0.0.1:-1\njetstream { store_dir: " + quoteConf(filepath.Join(dir, "js")) + " }\ninclude auth.conf\ninclude tls.conf\n",
-	} {
+	for name, content := range map[string]string{"auth.conf": auth, "tls.conf": access.TLSConfig(tlsDir)} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	opts, err := server.ProcessConfigFile(filepath.Join(dir, "server.conf"))
-	if err != nil {
-		t.Fatalf("TLS configuration does not load: %v", err)
-	}
-	opts.NoSigs, opts.NoLog = true, true
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := startServerConf(t, dir, "listen: 127.0.0.1:-1\njetstream { store_dir: "+quoteConf(filepath.Join(dir, "js"))+" }\ninclude auth.conf\ninclude tls.conf\n")
 	url := srv.ClientURL()
-	byName := map[string]access.User{}
-	for _, u := range users {
-		byName[u.Name] = u
-	}
+	byName := usersByName(users)
 	conn := func(user, certDir, caDir string) broker.ConnOptions {
 		u := byName[user]
 		o := broker.ConnOptions{URL: url, Name: user, User: u.Name, Password: u.Password, Log: testLog(t), TLSCA: filepath.Join(caDir, "ca.pem")}
