@@ -42,6 +42,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -246,9 +247,23 @@ func StartDUT(ctx context.Context, opts DUTOptions) (*DUT, error) {
 	if d.hostKey, err = newHostKey(); err != nil {
 		return nil, fmt.Errorf("sim: start DUT %s: %w", d.name, err)
 	}
-	d.mu.Lock()
-	err = d.listenLocked()
-	d.mu.Unlock()
+	// A device coming back on its old address (a reinstalled laptop) may
+	// find the port taken for a moment by a short-lived connection's
+	// local end: wait for it, as a machine's address stays its own.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		d.mu.Lock()
+		err = d.listenLocked()
+		d.mu.Unlock()
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("sim: start DUT %s: %w", d.name, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sim: start DUT %s: %w", d.name, err)
 	}
